@@ -1,0 +1,1 @@
+"""vitprobe: see what Vision Transformers attend to, and measure it."""
