@@ -4,6 +4,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+NO_CLS_MESSAGE = (
+    "this model has no CLS token, so a CLS attention map is undefined; "
+    "use query-patch maps, attention distance or entropy instead"
+)
+
 
 @dataclass(frozen=True)
 class TokenLayout:
@@ -38,10 +43,7 @@ class TokenLayout:
     def cls_index(self) -> int:
         """Index of the CLS token; raises when the model has none (a CLS map is undefined)."""
         if not self.has_cls:
-            raise ValueError(
-                "this model has no CLS token, so a CLS attention map is undefined; "
-                "use query-patch maps, attention distance or entropy instead"
-            )
+            raise ValueError(NO_CLS_MESSAGE)
         return self.prefix_names.index("cls")
 
     @property

@@ -1,0 +1,204 @@
+"""Record every layer's self-attention in one forward pass, also under fused SDPA/flash kernels.
+
+Hooks on each layer's query and key projections take q and k as the model computes them; the
+attention probabilities softmax(q·kᵀ·scale) are recomputed from them in float32 and reduced as
+the forward streams, so the model keeps its fast fused kernel and all layers × heads × T × T
+never sit in memory at once.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import torch
+from PIL import Image
+from torch import nn
+
+from .analysis.maps import FUSIONS, fuse_heads
+from .io.preprocess import Geometry
+from .layout import TokenLayout
+
+Reducer = Callable[[torch.Tensor, TokenLayout], torch.Tensor]
+"""Per-layer reduction: attention (B, heads, T, T) and the layout -> any tensor with batch first."""
+
+
+
+class CaptureError(RuntimeError):
+    """A layer recorded zero or several attention maps, or the model cannot be captured."""
+
+
+@dataclass(frozen=True)
+class AttentionSite:
+    """One self-attention layer: the modules whose outputs are the flat q and k (B, T, heads·d).
+
+    ``qk_transform`` (optional) maps (q, k) shaped (B, heads, T, d) to the q, k that enter the
+    softmax, for models that normalise or rotate them after the projection.
+    """
+
+    query: nn.Module
+    key: nn.Module
+    num_heads: int
+    head_dim: int
+    scale: float
+    qk_transform: Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]] | None = None
+
+
+@dataclass
+class Capture:
+    """What one capture recorded, stacked over the recorded layers.
+
+    - ``cls``: (L, B, heads, T) the CLS token's attention row in each layer (None without CLS);
+    - ``fused``: name -> (L, B, T, T) head-fused attention ("mean" / "max" / "min"), for rollout;
+    - ``full``: layer -> (B, heads, T, T) complete attention of the layers asked for in full;
+    - ``reduced``: name -> (L, B, ...) outputs of the extra reducers;
+    - ``images``: the part of each original image the model saw, ``geometry`` how it was mapped;
+    - ``logits``: (B, classes) when the model has a classification head.
+    """
+
+    layout: TokenLayout
+    layers: list[int]
+    model_name: str
+    cls: torch.Tensor | None = None
+    fused: dict[str, torch.Tensor] = field(default_factory=dict)
+    full: dict[int, torch.Tensor] = field(default_factory=dict)
+    reduced: dict[str, torch.Tensor] = field(default_factory=dict)
+    images: list[Image.Image] = field(default_factory=list)
+    geometry: list[Geometry] = field(default_factory=list)
+    logits: torch.Tensor | None = None
+
+    @property
+    def batch_size(self) -> int:
+        return len(self.geometry) if self.geometry else next(iter(self._tensors())).shape[1]
+
+    def _tensors(self):
+        if self.cls is not None:
+            yield self.cls
+        yield from self.fused.values()
+        yield from self.reduced.values()
+
+    def layer_position(self, layer: int) -> int:
+        """Position of a model layer (negative counts from the last recorded) in the stacked tensors."""
+        if layer < 0:
+            return len(self.layers) + layer
+        if layer not in self.layers:
+            raise KeyError(f"layer {layer} was not recorded (recorded: {self.layers})")
+        return self.layers.index(layer)
+
+
+def _split_heads(x: torch.Tensor, num_heads: int, head_dim: int) -> torch.Tensor:
+    """(B, T, heads·d) -> (B, heads, T, d)."""
+    b, t, _ = x.shape
+    return x.view(b, t, num_heads, head_dim).transpose(1, 2)
+
+
+def attention_probs(q: torch.Tensor, k: torch.Tensor, scale: float) -> torch.Tensor:
+    """softmax(q·kᵀ·scale) in float32: q (B, heads, Tq, d), k (B, heads, T, d) -> (B, heads, Tq, T)."""
+    scores = torch.matmul(q.float(), k.float().transpose(-1, -2)) * scale
+    return scores.softmax(dim=-1)
+
+
+class AttentionRecorder:
+    """Context manager that hooks q/k of the chosen layers and reduces each layer as it is computed.
+
+    Per forward pass every hooked layer must produce exactly one q and one k; ``finish`` raises
+    ``CaptureError`` otherwise. Hooks are removed on exit, also when the forward raises.
+    """
+
+    def __init__(
+        self,
+        sites: Sequence[AttentionSite],
+        layout_for: Callable[[int], TokenLayout],
+        layers: Sequence[int],
+        *,
+        cls: bool = True,
+        fuse: Sequence[str] = (),
+        full_layers: Sequence[int] = (),
+        reducers: dict[str, Reducer] | None = None,
+    ) -> None:
+        self.sites = sites
+        self.layout_for = layout_for
+        self.layers = list(layers)
+        self.want_cls = cls
+        self.fuse = tuple(fuse)
+        unknown = [how for how in self.fuse if how not in FUSIONS]
+        if unknown:
+            raise ValueError(f"unknown head fusion {unknown[0]!r}; use one of {FUSIONS}")
+        self.full_layers = set(full_layers)
+        self.reducers = dict(reducers or {})
+        self._handles: list[torch.utils.hooks.RemovableHandle] = []
+        self._reset()
+
+    def _reset(self) -> None:
+        self._q: dict[int, torch.Tensor] = {}
+        self._k: dict[int, torch.Tensor] = {}
+        self._count: dict[int, int] = dict.fromkeys(self.layers, 0)
+        self.layout: TokenLayout | None = None
+        self.cls_rows: dict[int, torch.Tensor] = {}
+        self.fused: dict[str, dict[int, torch.Tensor]] = {how: {} for how in self.fuse}
+        self.full: dict[int, torch.Tensor] = {}
+        self.reduced: dict[str, dict[int, torch.Tensor]] = {name: {} for name in self.reducers}
+
+    def __enter__(self) -> AttentionRecorder:
+        for layer in self.layers:
+            site = self.sites[layer]
+            self._handles.append(site.query.register_forward_hook(self._hook(layer, self._q)))
+            self._handles.append(site.key.register_forward_hook(self._hook(layer, self._k)))
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for handle in self._handles:
+            handle.remove()
+        self._handles.clear()
+
+    def _hook(self, layer: int, store: dict[int, torch.Tensor]):
+        def hook(_module: nn.Module, _inputs, output: torch.Tensor) -> None:
+            if layer in store:
+                self._count[layer] += 1  # a second q (or k) before the layer was reduced
+                return
+            store[layer] = output.detach()
+            if layer in self._q and layer in self._k:
+                self._reduce(layer)
+
+        return hook
+
+    def _reduce(self, layer: int) -> None:
+        site = self.sites[layer]
+        q = _split_heads(self._q.pop(layer), site.num_heads, site.head_dim)
+        k = _split_heads(self._k.pop(layer), site.num_heads, site.head_dim)
+        self._count[layer] += 1
+        if site.qk_transform is not None:
+            q, k = site.qk_transform(q, k)
+        layout = self.layout_for(q.shape[2])
+        self.layout = layout
+        needs_all_rows = bool(self.fuse or self.reducers) or layer in self.full_layers
+        if not needs_all_rows:
+            if self.want_cls and layout.has_cls:
+                i = layout.cls_index
+                self.cls_rows[layer] = attention_probs(q[:, :, i : i + 1], k, site.scale)[:, :, 0].cpu()
+            return
+        attn = attention_probs(q, k, site.scale)
+        if self.want_cls and layout.has_cls:
+            self.cls_rows[layer] = attn[:, :, layout.cls_index].cpu()
+        for how in self.fuse:
+            self.fused[how][layer] = fuse_heads(attn, how, dim=1).cpu()
+        if layer in self.full_layers:
+            self.full[layer] = attn.cpu()
+        for name, reducer in self.reducers.items():
+            self.reduced[name][layer] = reducer(attn, layout).cpu()
+
+    def finish(self) -> None:
+        """Check that every recorded layer produced exactly one map in this forward pass."""
+        leftover = sorted(set(self._q) | set(self._k))
+        bad = {layer: n for layer, n in self._count.items() if n != 1}
+        if leftover or bad:
+            parts = [f"layer {layer}: {n} maps" for layer, n in sorted(bad.items())]
+            parts += [f"layer {layer}: q or k without its partner" for layer in leftover]
+            raise CaptureError(
+                "attention capture expected exactly one map per layer, got " + "; ".join(parts)
+            )
+
+
+def stack_layers(per_layer: dict[int, torch.Tensor], layers: Sequence[int]) -> torch.Tensor:
+    """Stack {layer: (B, ...)} into (L, B, ...) in the order of ``layers``."""
+    return torch.stack([per_layer[layer] for layer in layers])

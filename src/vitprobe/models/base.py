@@ -1,0 +1,192 @@
+"""The loaded-model wrapper every adapter returns, and the one-pass capture built on it."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+from torch import nn
+from tqdm.auto import tqdm
+
+from ..capture import AttentionRecorder, AttentionSite, Capture, CaptureError, Reducer, stack_layers
+from ..io.images import load_image
+from ..io.preprocess import PreprocessSpec, preprocess
+from ..layout import TokenLayout
+
+ImageInput = str | Path | Image.Image | np.ndarray
+
+
+class UnsupportedModelError(ValueError):
+    """The model's attention cannot give the maps vitprobe draws (no global self-attention)."""
+
+
+@dataclass
+class VitModel:
+    """A ViT ready for capture: the torch module plus everything read from it.
+
+    ``forward(pixels (B, 3, H, W))`` runs the model and returns logits (B, classes) or None.
+    ``sites`` lists each layer's attention in order; ``prefix_names`` the tokens before the
+    patches; ``labels`` the class names of a classification head.
+    """
+
+    name: str
+    family: str
+    module: nn.Module
+    sites: list[AttentionSite]
+    prefix_names: tuple[str, ...]
+    patch_size: int
+    preprocess: PreprocessSpec
+    forward: Callable[[torch.Tensor], torch.Tensor | None]
+    labels: dict[int, str] = field(default_factory=dict)
+
+    @property
+    def num_layers(self) -> int:
+        return len(self.sites)
+
+    @property
+    def num_heads(self) -> int:
+        return self.sites[0].num_heads
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.module.parameters()).device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return next(self.module.parameters()).dtype
+
+    def layout(self, input_hw: tuple[int, int]) -> TokenLayout:
+        """Token layout for an input of (H, W) pixels (multiples of the patch size)."""
+        grid = (input_hw[0] // self.patch_size, input_hw[1] // self.patch_size)
+        return TokenLayout(self.prefix_names, grid, self.patch_size)
+
+    def resolve_layers(self, layers: Sequence[int] | None) -> list[int]:
+        """Layer indices in [0, L); negative ones count from the end; None means all."""
+        if layers is None:
+            return list(range(self.num_layers))
+        out = []
+        for layer in layers:
+            idx = layer + self.num_layers if layer < 0 else layer
+            if not 0 <= idx < self.num_layers:
+                raise ValueError(f"layer {layer} does not exist: {self.name} has {self.num_layers} layers")
+            if idx not in out:
+                out.append(idx)
+        return sorted(out)
+
+    def prepare(
+        self, images: ImageInput | Sequence[ImageInput], size: tuple[int, int] | None = None
+    ) -> tuple[torch.Tensor, list[Image.Image], list]:
+        """Load and preprocess images into (B, 3, H, W) plus the views the model saw and geometries.
+
+        Without ``size`` the model's own preprocessing applies; with ``size=(H, W)`` the whole
+        image is resized to exactly that (snapped to the patch size), no crop.
+        """
+        if isinstance(images, (str, Path, Image.Image, np.ndarray)):
+            images = [images]
+        spec = self.preprocess.with_size(size) if size else self.preprocess
+        prepared = [preprocess(load_image(img), spec, self.patch_size) for img in images]
+        sizes = {g.input_hw for _, _, g in prepared}
+        if len(sizes) > 1:
+            raise ValueError(
+                f"images preprocess to different sizes {sorted(sizes)}; pass size=(H, W) or capture them one by one"
+            )
+        pixels = torch.stack([p for p, _, _ in prepared])
+        return pixels, [v for _, v, _ in prepared], [g for _, _, g in prepared]
+
+    def capture(
+        self,
+        images: ImageInput | Sequence[ImageInput],
+        *,
+        size: tuple[int, int] | None = None,
+        layers: Sequence[int] | None = None,
+        fuse: Sequence[str] = ("mean",),
+        full_layers: Sequence[int] = (-1,),
+        reducers: dict[str, Reducer] | None = None,
+        batch_size: int = 8,
+        progress: bool = False,
+    ) -> Capture:
+        """Run the model once per batch and record attention of ``layers`` (default all).
+
+        Always kept: the CLS rows (L, B, heads, T). ``fuse`` keeps head-fused (L, B, T, T)
+        matrices (for rollout); ``full_layers`` keeps (B, heads, T, T) of those layers (for
+        query-patch maps); ``reducers`` add per-layer reductions (name -> (L, B, ...)).
+        """
+        pixels, views, geometry = self.prepare(images, size)
+        return self.capture_pixels(
+            pixels, layers=layers, fuse=fuse, full_layers=full_layers, reducers=reducers,
+            batch_size=batch_size, progress=progress, views=views, geometry=geometry,
+        )
+
+    def capture_pixels(
+        self,
+        pixels: torch.Tensor,
+        *,
+        layers: Sequence[int] | None = None,
+        fuse: Sequence[str] = ("mean",),
+        full_layers: Sequence[int] = (-1,),
+        reducers: dict[str, Reducer] | None = None,
+        batch_size: int = 8,
+        progress: bool = False,
+        views: list[Image.Image] | None = None,
+        geometry: list | None = None,
+    ) -> Capture:
+        """Capture from ready model input pixels (B, 3, H, W); see ``capture``."""
+        layer_ids = self.resolve_layers(layers)
+        full_ids = [i for i in self.resolve_layers(full_layers) if i in layer_ids] if full_layers else []
+        layout = self.layout(tuple(pixels.shape[-2:]))
+
+        def layout_for(n_tokens: int) -> TokenLayout:
+            if n_tokens != layout.n_tokens:
+                raise CaptureError(
+                    f"{self.name}: {n_tokens} tokens, expected {layout.n_prefix} prefix + "
+                    f"{layout.grid_hw[0]}x{layout.grid_hw[1]} patches = {layout.n_tokens}"
+                )
+            return layout
+
+        parts: list[AttentionRecorder] = []
+        logits = []
+        starts = range(0, pixels.shape[0], batch_size)
+        for start in tqdm(starts, desc="capture", unit="batch", disable=not progress or len(starts) < 2):
+            batch = pixels[start : start + batch_size].to(self.device, self.dtype)
+            recorder = AttentionRecorder(
+                self.sites, layout_for, layer_ids, cls=layout.has_cls, fuse=fuse,
+                full_layers=full_ids, reducers=reducers,
+            )
+            with recorder, torch.no_grad():
+                out = self.forward(batch)
+            recorder.finish()
+            parts.append(recorder)
+            if out is not None:
+                logits.append(out.float().cpu())
+
+        def cat(get) -> torch.Tensor:
+            return torch.cat([stack_layers(get(r), layer_ids) for r in parts], dim=1)
+
+        return Capture(
+            layout=layout,
+            layers=layer_ids,
+            model_name=self.name,
+            cls=cat(lambda r: r.cls_rows) if layout.has_cls else None,
+            fused={how: cat(lambda r, h=how: r.fused[h]) for how in fuse},
+            full={i: torch.cat([r.full[i] for r in parts]) for i in full_ids},
+            reduced={name: cat(lambda r, n=name: r.reduced[n]) for name in (reducers or {})},
+            images=list(views or []),
+            geometry=list(geometry or []),
+            logits=torch.cat(logits) if logits else None,
+        )
+
+    def describe(self) -> dict:
+        """Facts about the model for summaries and listings."""
+        return {
+            "model": self.name,
+            "family": self.family,
+            "layers": self.num_layers,
+            "heads": self.num_heads,
+            "patch_size": self.patch_size,
+            "prefix_tokens": list(self.prefix_names),
+            "preprocess": self.preprocess.to_dict(),
+        }
