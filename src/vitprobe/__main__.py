@@ -1,0 +1,5 @@
+"""python -m vitprobe"""
+
+from .cli import main
+
+main()

@@ -1,0 +1,137 @@
+"""Command line: ``vitprobe explain``, ``vitprobe models``, ``vitprobe samples``."""
+
+from __future__ import annotations
+
+import logging
+import sys
+import time
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from tqdm.auto import tqdm
+
+from .explain import METHODS, ExplainOptions, explain_image
+from .io.images import ImageLoadError, list_images
+
+app = typer.Typer(
+    add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+    help="See what Vision Transformers attend to, and measure it.",
+)
+
+ModelOpt = Annotated[str, typer.Option("--model", "-m", help="'offline' (default), a HF id or directory, 'timm:<name>'")]
+
+
+def fail(message: str, code: int = 2) -> typer.Exit:
+    """Print one line to stderr and return the Exit to raise."""
+    typer.echo(f"vitprobe: error: {message}", err=True)
+    return typer.Exit(code)
+
+
+def load_model(spec: str, device: str | None):
+    """Load a model, turning every expected failure into one line and exit code 2."""
+    from .models import load
+
+    try:
+        return load(spec, device=device)
+    except (ValueError, RuntimeError, OSError, ImportError) as err:
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise fail(f"cannot load model {spec!r}: {first}") from None
+
+
+def parse_ints(text: str, what: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(v) for v in text.split(",") if v.strip())
+    except ValueError:
+        raise fail(f"{what} must be comma-separated integers, got {text!r}") from None
+
+
+def unique_dir(out: Path, stem: str, used: set[str]) -> Path:
+    name, n = stem, 2
+    while name in used:
+        name, n = f"{stem}_{n}", n + 1
+    used.add(name)
+    return out / name
+
+
+@app.command()
+def explain(
+    images: Annotated[list[Path], typer.Argument(help="image files or folders")],
+    model: ModelOpt = "offline",
+    out: Annotated[Path, typer.Option("--out", "-o", help="output directory")] = Path("vitprobe_out"),
+    layers: Annotated[str, typer.Option(help="layers for per-head grids, e.g. '-1' or '0,5,11'")] = "-1",
+    methods: Annotated[str, typer.Option(help=f"comma-separated: {','.join(METHODS)}")] = ",".join(METHODS),
+    size: Annotated[tuple[int, int] | None, typer.Option(help="resize the whole image to H W (no crop)")] = None,
+    head_fusion: Annotated[str, typer.Option(help="rollout head fusion: mean, max or min")] = "mean",
+    discard_ratio: Annotated[float, typer.Option(help="rollout: drop this fraction of lowest attention")] = 0.0,
+    cmap: Annotated[str, typer.Option(help="matplotlib colormap")] = "inferno",
+    alpha: Annotated[float, typer.Option(help="heat-map opacity in [0, 1]")] = 0.5,
+    device: Annotated[str | None, typer.Option(help="torch device, e.g. cuda")] = None,
+) -> None:
+    """Draw attention maps of each image: per-head grids, per-layer grid, aggregation, rollout."""
+    chosen = tuple(m.strip() for m in methods.split(",") if m.strip())
+    if not chosen or set(chosen) - set(METHODS):
+        raise fail(f"--methods takes a comma-separated subset of {','.join(METHODS)}, got {methods!r}")
+    opts = ExplainOptions(
+        methods=chosen,
+        heads_layers=parse_ints(layers, "--layers"),
+        size=size, head_fusion=head_fusion, discard_ratio=discard_ratio, cmap=cmap, alpha=alpha,
+    )
+    try:
+        paths = list_images(images)
+    except ImageLoadError as err:
+        raise fail(str(err)) from None
+    if not paths:
+        raise fail("no images found in " + ", ".join(map(str, images)))
+    vit = load_model(model, device)
+    try:
+        vit.resolve_layers(opts.heads_layers)
+    except ValueError as err:
+        raise fail(str(err)) from None
+    failures, used = 0, set()
+    start = time.perf_counter()
+    for path in tqdm(paths, desc="explain", unit="image", disable=len(paths) < 2):
+        try:
+            explain_image(vit, path, unique_dir(out, path.stem, used), opts)
+        except ImageLoadError as err:
+            failures += 1
+            tqdm.write(f"vitprobe: error: {err}", file=sys.stderr)
+    done = len(paths) - failures
+    typer.echo(f"{done} of {len(paths)} images explained with {vit.name} in {time.perf_counter() - start:.1f} s; "
+               f"figures in {out.resolve()}")
+    if failures:
+        raise typer.Exit(1)
+
+
+@app.command()
+def models() -> None:
+    """List what can be loaded."""
+    from .models import families
+    from .models.offline import OFFLINE_NAME, cache_dir, onnx_path
+
+    for prefix, text in families().items():
+        typer.echo(f"{prefix + ':':10s} {text}")
+    try:
+        source = f"weights from {onnx_path()}"
+    except RuntimeError as err:
+        source = str(err)
+    cached = (cache_dir() / OFFLINE_NAME / "model.safetensors").exists()
+    typer.echo(f"\ndefault model: {OFFLINE_NAME} ({'converted, cached' if cached else 'converted on first use'}; "
+               f"{source})")
+
+
+@app.command()
+def samples(out: Annotated[Path, typer.Argument(help="folder for the sample photos")] = Path("samples")) -> None:
+    """Write the sample photos (scikit-image's chelsea, astronaut, coffee) as PNG files."""
+    from .io.samples import write_samples
+
+    try:
+        for path in write_samples(out):
+            typer.echo(str(path))
+    except RuntimeError as err:
+        raise fail(str(err)) from None
+
+
+def main() -> None:
+    logging.basicConfig(level=logging.WARNING, format="vitprobe: %(message)s")
+    app()
