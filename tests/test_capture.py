@@ -134,3 +134,21 @@ def test_seeded_weights_differ_between_models(tmp_path):
     b = load_hf(str(make_tiny("vit", tmp_path / "b", seed=2)))
     pixels = torch.randn(1, 3, 32, 32)
     assert not torch.allclose(a.capture_pixels(pixels).cls, b.capture_pixels(pixels).cls)
+
+
+def test_token_norms_are_the_layer_outputs(tiny_dirs, tiny_kind):
+    model = load_hf(str(tiny_dirs[tiny_kind]), attn_implementation="eager")
+    pixels = torch.randn(2, 3, 32, 32)
+    cap = model.capture_pixels(pixels, token_norms=True)
+    kwargs = {"interpolate_pos_encoding": True} if tiny_kind in ("vit", "deit") else {}
+    with torch.no_grad():
+        hidden = model.module(pixel_values=pixels, output_hidden_states=True, **kwargs).hidden_states
+    assert cap.token_norms.shape == (model.num_layers, 2, cap.layout.n_tokens)
+    for layer in range(model.num_layers):  # hidden_states[0] is the embedding output
+        assert torch.allclose(cap.token_norms[layer], hidden[layer + 1].norm(dim=-1), atol=1e-4)
+
+
+def test_embedding_tables_are_exposed(tiny_dirs, tiny_kind):
+    model = load_hf(str(tiny_dirs[tiny_kind]))
+    assert model.patch_weight.shape == (32, 3, PATCH, PATCH)
+    assert model.position_grid.shape == (4, 4, 32)

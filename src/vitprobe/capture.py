@@ -52,6 +52,7 @@ class Capture:
     - ``fused``: name -> (L, B, T, T) head-fused attention ("mean" / "max" / "min"), for rollout;
     - ``full``: layer -> (B, heads, T, T) complete attention of the layers asked for in full;
     - ``reduced``: name -> (L, B, ...) outputs of the extra reducers;
+    - ``token_norms``: (L, B, T) L2 norm of each layer's output tokens (when asked for);
     - ``images``: the part of each original image the model saw, ``geometry`` how it was mapped;
     - ``logits``: (B, classes) when the model has a classification head.
     """
@@ -66,6 +67,7 @@ class Capture:
     images: list[Image.Image] = field(default_factory=list)
     geometry: list[Geometry] = field(default_factory=list)
     logits: torch.Tensor | None = None
+    token_norms: torch.Tensor | None = None
 
     @property
     def batch_size(self) -> int:
@@ -115,6 +117,7 @@ class AttentionRecorder:
         fuse: Sequence[str] = (),
         full_layers: Sequence[int] = (),
         reducers: dict[str, Reducer] | None = None,
+        blocks: Sequence[nn.Module] | None = None,
     ) -> None:
         self.sites = sites
         self.layout_for = layout_for
@@ -126,6 +129,7 @@ class AttentionRecorder:
             raise ValueError(f"unknown head fusion {unknown[0]!r}; use one of {FUSIONS}")
         self.full_layers = set(full_layers)
         self.reducers = dict(reducers or {})
+        self.blocks = blocks
         self._handles: list[torch.utils.hooks.RemovableHandle] = []
         self._reset()
 
@@ -138,12 +142,15 @@ class AttentionRecorder:
         self.fused: dict[str, dict[int, torch.Tensor]] = {how: {} for how in self.fuse}
         self.full: dict[int, torch.Tensor] = {}
         self.reduced: dict[str, dict[int, torch.Tensor]] = {name: {} for name in self.reducers}
+        self.token_norms: dict[int, torch.Tensor] = {}
 
     def __enter__(self) -> AttentionRecorder:
         for layer in self.layers:
             site = self.sites[layer]
             self._handles.append(site.query.register_forward_hook(self._hook(layer, self._q)))
             self._handles.append(site.key.register_forward_hook(self._hook(layer, self._k)))
+            if self.blocks is not None:
+                self._handles.append(self.blocks[layer].register_forward_hook(self._norm_hook(layer)))
         return self
 
     def __exit__(self, *exc) -> None:
@@ -159,6 +166,13 @@ class AttentionRecorder:
             store[layer] = output.detach()
             if layer in self._q and layer in self._k:
                 self._reduce(layer)
+
+        return hook
+
+    def _norm_hook(self, layer: int):
+        def hook(_module: nn.Module, _inputs, output) -> None:
+            tokens = output[0] if isinstance(output, tuple) else output
+            self.token_norms[layer] = tokens.detach().float().norm(dim=-1).cpu()
 
         return hook
 

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import importlib
 import logging
+import pkgutil
 import sys
 import time
 from pathlib import Path
@@ -19,7 +21,9 @@ app = typer.Typer(
     help="See what Vision Transformers attend to, and measure it.",
 )
 
-ModelOpt = Annotated[str, typer.Option("--model", "-m", help="'offline' (default), a HF id or directory, 'timm:<name>'")]
+ModelOpt = Annotated[
+    str, typer.Option("--model", "-m", help="'offline' (default), a HF id or directory, 'timm:<name>'")
+]
 
 
 def fail(message: str, code: int = 2) -> typer.Exit:
@@ -130,6 +134,17 @@ def samples(out: Annotated[Path, typer.Argument(help="folder for the sample phot
             typer.echo(str(path))
     except RuntimeError as err:
         raise fail(str(err)) from None
+
+
+def _register_commands() -> None:
+    """Add the commands of every module in ``vitprobe.commands`` (each defines ``register(app)``)."""
+    from . import commands
+
+    for info in pkgutil.iter_modules(commands.__path__):
+        importlib.import_module(f"{commands.__name__}.{info.name}").register(app)
+
+
+_register_commands()
 
 
 def main() -> None:

@@ -29,8 +29,11 @@ class VitModel:
     """A ViT ready for capture: the torch module plus everything read from it.
 
     ``forward(pixels (B, 3, H, W))`` runs the model and returns logits (B, classes) or None.
-    ``sites`` lists each layer's attention in order; ``prefix_names`` the tokens before the
-    patches; ``labels`` the class names of a classification head.
+    ``sites`` lists each layer's attention in order and ``blocks`` each whole transformer layer
+    (whose output is the token sequence (B, T, D)); ``prefix_names`` the tokens before the
+    patches; ``labels`` the class names of a classification head. ``patch_weight`` is the patch
+    projection (D, 3, P, P); ``position_grid`` the learned position table of the patch tokens
+    at its native grid (gh, gw, D); either is None where the model has none.
     """
 
     name: str
@@ -41,7 +44,10 @@ class VitModel:
     patch_size: int
     preprocess: PreprocessSpec
     forward: Callable[[torch.Tensor], torch.Tensor | None]
+    blocks: list[nn.Module] = field(default_factory=list)
     labels: dict[int, str] = field(default_factory=dict)
+    patch_weight: torch.Tensor | None = None
+    position_grid: torch.Tensor | None = None
 
     @property
     def num_layers(self) -> int:
@@ -106,6 +112,7 @@ class VitModel:
         fuse: Sequence[str] = ("mean",),
         full_layers: Sequence[int] = (-1,),
         reducers: dict[str, Reducer] | None = None,
+        token_norms: bool = False,
         batch_size: int = 8,
         progress: bool = False,
     ) -> Capture:
@@ -113,12 +120,13 @@ class VitModel:
 
         Always kept: the CLS rows (L, B, heads, T). ``fuse`` keeps head-fused (L, B, T, T)
         matrices (for rollout); ``full_layers`` keeps (B, heads, T, T) of those layers (for
-        query-patch maps); ``reducers`` add per-layer reductions (name -> (L, B, ...)).
+        query-patch maps); ``reducers`` add per-layer reductions (name -> (L, B, ...));
+        ``token_norms`` keeps the L2 norm of every output token of every layer (L, B, T).
         """
         pixels, views, geometry = self.prepare(images, size)
         return self.capture_pixels(
             pixels, layers=layers, fuse=fuse, full_layers=full_layers, reducers=reducers,
-            batch_size=batch_size, progress=progress, views=views, geometry=geometry,
+            token_norms=token_norms, batch_size=batch_size, progress=progress, views=views, geometry=geometry,
         )
 
     def capture_pixels(
@@ -129,6 +137,7 @@ class VitModel:
         fuse: Sequence[str] = ("mean",),
         full_layers: Sequence[int] = (-1,),
         reducers: dict[str, Reducer] | None = None,
+        token_norms: bool = False,
         batch_size: int = 8,
         progress: bool = False,
         views: list[Image.Image] | None = None,
@@ -154,7 +163,7 @@ class VitModel:
             batch = pixels[start : start + batch_size].to(self.device, self.dtype)
             recorder = AttentionRecorder(
                 self.sites, layout_for, layer_ids, cls=layout.has_cls, fuse=fuse,
-                full_layers=full_ids, reducers=reducers,
+                full_layers=full_ids, reducers=reducers, blocks=self.blocks if token_norms else None,
             )
             with recorder, torch.no_grad():
                 out = self.forward(batch)
@@ -174,6 +183,7 @@ class VitModel:
             fused={how: cat(lambda r, h=how: r.fused[h]) for how in fuse},
             full={i: torch.cat([r.full[i] for r in parts]) for i in full_ids},
             reduced={name: cat(lambda r, n=name: r.reduced[n]) for name in (reducers or {})},
+            token_norms=cat(lambda r: r.token_norms) if token_norms else None,
             images=list(views or []),
             geometry=list(geometry or []),
             logits=torch.cat(logits) if logits else None,

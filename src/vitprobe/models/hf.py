@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 
+import torch
 import transformers
 from PIL import Image
 from torch import nn
@@ -63,6 +64,36 @@ def attention_sites(module: nn.Module, config) -> list[AttentionSite]:
     return sites
 
 
+def blocks(module: nn.Module, sites: list[AttentionSite]) -> list[nn.Module]:
+    """The transformer layer holding each attention site: the outermost module holding only that one."""
+    owner: dict[int, nn.Module] = {}
+    for sub in module.modules():  # pre-order: outer modules come first
+        inside = {id(m) for m in sub.modules()}
+        held = [i for i, site in enumerate(sites) if id(site.query) in inside]
+        if len(held) == 1 and held[0] not in owner:
+            owner[held[0]] = sub
+    return [owner[i] for i in range(len(sites))]
+
+
+def position_grid(module: nn.Module, config) -> torch.Tensor | None:
+    """Learned position table of the patch tokens at its native grid (gh, gw, D)."""
+    table = getattr(getattr(_base(module), "embeddings", None), "position_embeddings", None)
+    if table is None:
+        return None
+    n_prefix = 2 if config.model_type == "deit" else 1  # registers carry no position embedding
+    patches = table.detach()[0, n_prefix:]
+    side = int(round(patches.shape[0] ** 0.5))
+    return patches.reshape(side, side, -1)
+
+
+def _base(module: nn.Module) -> nn.Module:
+    """The backbone of a model with or without a classification head."""
+    for name in ("vit", "deit", "dinov2", "dinov2_with_registers"):
+        if hasattr(module, name):
+            return getattr(module, name)
+    return module
+
+
 def preprocess_from_dict(proc: dict | None, config) -> PreprocessSpec:
     """The model's own image-processor settings (preprocessor_config.json) as a PreprocessSpec."""
     if not proc:
@@ -97,11 +128,15 @@ def wrap(module: nn.Module, name: str, preprocess: PreprocessSpec | None = None)
 
     has_head = hasattr(module, "classifier") or hasattr(module, "cls_classifier")
     patch = config.patch_size if isinstance(config.patch_size, int) else config.patch_size[0]
+    sites = attention_sites(module, config)
     return VitModel(
         name=name,
         family=f"hf-{config.model_type}",
         module=module,
-        sites=attention_sites(module, config),
+        sites=sites,
+        blocks=blocks(module, sites),
+        patch_weight=_base(module).embeddings.patch_embeddings.projection.weight.detach(),
+        position_grid=position_grid(module, config),
         prefix_names=prefix_names(config),
         patch_size=patch,
         preprocess=preprocess or preprocess_from_dict(None, config),
