@@ -34,8 +34,11 @@ def fail(message: str, code: int = 2) -> typer.Exit:
 
 def load_model(spec: str, device: str | None):
     """Load a model, turning every expected failure into one line and exit code 2."""
+    from transformers.utils import logging as hf_logging
+
     from .models import load
 
+    hf_logging.disable_progress_bar()  # one line per problem on stderr, no loader bars
     try:
         return load(spec, device=device)
     except (ValueError, RuntimeError, OSError, ImportError) as err:
