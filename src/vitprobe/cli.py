@@ -13,7 +13,7 @@ from typing import Annotated
 import typer
 from tqdm.auto import tqdm
 
-from .explain import METHODS, ExplainOptions, explain_image
+from .explain import DEFAULT_METHODS, METHODS, ExplainOptions, explain_image
 from .io.images import ImageLoadError, list_images
 
 app = typer.Typer(
@@ -67,12 +67,14 @@ def explain(
     model: ModelOpt = "offline",
     out: Annotated[Path, typer.Option("--out", "-o", help="output directory")] = Path("vitprobe_out"),
     layers: Annotated[str, typer.Option(help="layers for per-head grids, e.g. '-1' or '0,5,11'")] = "-1",
-    methods: Annotated[str, typer.Option(help=f"comma-separated: {','.join(METHODS)}")] = ",".join(METHODS),
+    methods: Annotated[str, typer.Option(help=f"comma-separated: {','.join(METHODS)}")] = ",".join(DEFAULT_METHODS),
     size: Annotated[tuple[int, int] | None, typer.Option(help="resize the whole image to H W (no crop)")] = None,
     head_fusion: Annotated[str, typer.Option(help="rollout head fusion: mean, max or min")] = "mean",
     discard_ratio: Annotated[float, typer.Option(help="rollout: drop this fraction of lowest attention")] = 0.0,
     cmap: Annotated[str, typer.Option(help="matplotlib colormap")] = "inferno",
     alpha: Annotated[float, typer.Option(help="heat-map opacity in [0, 1]")] = 0.5,
+    upsample: Annotated[str, typer.Option(help="grid to pixels: bilinear or nearest")] = "bilinear",
+    query: Annotated[str | None, typer.Option(help="query method: patch ROW,COL (default: grid centre)")] = None,
     device: Annotated[str | None, typer.Option(help="torch device, e.g. cuda")] = None,
 ) -> None:
     """Draw attention maps of each image: per-head grids, per-layer grid, aggregation, rollout."""
@@ -83,7 +85,16 @@ def explain(
         methods=chosen,
         heads_layers=parse_ints(layers, "--layers"),
         size=size, head_fusion=head_fusion, discard_ratio=discard_ratio, cmap=cmap, alpha=alpha,
+        upsample=upsample, query_rc=parse_ints(query, "--query") if query else None,
     )
+    if opts.query_rc is not None and len(opts.query_rc) != 2:
+        raise fail(f"--query takes ROW,COL, got {query!r}")
+    if upsample not in ("bilinear", "nearest"):
+        raise fail(f"--upsample takes bilinear or nearest, got {upsample!r}")
+    if head_fusion not in ("mean", "max", "min"):
+        raise fail(f"--head-fusion takes mean, max or min, got {head_fusion!r}")
+    if not 0.0 <= discard_ratio < 1.0 or not 0.0 <= alpha <= 1.0:
+        raise fail("--discard-ratio must be in [0, 1) and --alpha in [0, 1]")
     try:
         paths = list_images(images)
     except ImageLoadError as err:
@@ -103,6 +114,8 @@ def explain(
         except ImageLoadError as err:
             failures += 1
             tqdm.write(f"vitprobe: error: {err}", file=sys.stderr)
+        except IndexError as err:  # a --query patch outside this image's grid
+            raise fail(str(err)) from None
     done = len(paths) - failures
     typer.echo(f"{done} of {len(paths)} images explained with {vit.name} in {time.perf_counter() - start:.1f} s; "
                f"figures in {out.resolve()}")
