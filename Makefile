@@ -32,7 +32,7 @@ demo: setup
 	$(BIN)/vitprobe explain samples/chelsea.png samples/astronaut.png samples/coffee.png --out demo_out
 
 test: setup-dev
-	$(BIN)/ruff check src tests benchmarks examples
+	$(BIN)/ruff check .
 	$(BIN)/python -m pytest -q
 
 clean:
