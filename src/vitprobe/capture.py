@@ -30,7 +30,8 @@ class CaptureError(RuntimeError):
 
 @dataclass(frozen=True)
 class AttentionSite:
-    """One self-attention layer: the modules whose outputs are the flat q and k (B, T, heads·d).
+    """One self-attention layer: the modules whose outputs are the flat q and k (B, T, heads·d), or q
+    and k already split per head (B, heads, T, d).
 
     ``qk_transform`` (optional) maps (q, k) shaped (B, heads, T, d) to the q, k that enter the
     softmax, for models that normalise or rotate them after the projection.
@@ -89,7 +90,9 @@ class Capture:
 
 
 def _split_heads(x: torch.Tensor, num_heads: int, head_dim: int) -> torch.Tensor:
-    """(B, T, heads·d) -> (B, heads, T, d)."""
+    """(B, T, heads·d) -> (B, heads, T, d); q or k already split (B, heads, T, d) pass through."""
+    if x.dim() == 4:
+        return x
     b, t, _ = x.shape
     return x.view(b, t, num_heads, head_dim).transpose(1, 2)
 
