@@ -34,6 +34,9 @@ class VitModel:
     patches; ``labels`` the class names of a classification head. ``patch_weight`` is the patch
     projection (D, 3, P, P); ``position_grid`` the learned position table of the patch tokens
     at its native grid (gh, gw, D); either is None where the model has none.
+    ``attention_forward(pixels)`` runs the model with its attention probabilities materialised and
+    returns (logits or None, per-layer probabilities (B, heads, T, T) inside the autograd graph),
+    for gradient-based class maps; None where the adapter cannot.
     """
 
     name: str
@@ -48,6 +51,7 @@ class VitModel:
     labels: dict[int, str] = field(default_factory=dict)
     patch_weight: torch.Tensor | None = None
     position_grid: torch.Tensor | None = None
+    attention_forward: Callable[[torch.Tensor], tuple[torch.Tensor | None, list[torch.Tensor]]] | None = None
 
     @property
     def num_layers(self) -> int:
