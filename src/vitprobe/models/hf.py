@@ -126,6 +126,16 @@ def wrap(module: nn.Module, name: str, preprocess: PreprocessSpec | None = None)
         out = module(pixel_values=pixels, **flag)
         return getattr(out, "logits", None)
 
+    def attention_forward(pixels):
+        """Eager attention for this call: logits or None, and per-layer probabilities (B, heads, T, T) in the graph."""
+        previous = module.config._attn_implementation
+        module.set_attn_implementation("eager")
+        try:
+            out = module(pixel_values=pixels, output_attentions=True, **flag)
+        finally:
+            module.set_attn_implementation(previous)
+        return getattr(out, "logits", None), list(out.attentions)
+
     has_head = hasattr(module, "classifier") or hasattr(module, "cls_classifier")
     patch = config.patch_size if isinstance(config.patch_size, int) else config.patch_size[0]
     sites = attention_sites(module, config)
@@ -141,6 +151,7 @@ def wrap(module: nn.Module, name: str, preprocess: PreprocessSpec | None = None)
         patch_size=patch,
         preprocess=preprocess or preprocess_from_dict(None, config),
         forward=forward,
+        attention_forward=attention_forward,
         labels={int(k): v for k, v in config.id2label.items()} if has_head else {},
     )
 
