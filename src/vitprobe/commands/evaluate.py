@@ -1,0 +1,115 @@
+"""``vitprobe evaluate``: localisation scores of attention maps on COCO annotations, beside two baselines."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from ..analysis.keypoints import METHODS
+from ..analysis.thresholds import Threshold
+from ..coco import AnnotationError, load_coco
+from ..evaluate import LocalizeOptions
+from ..localize import BASELINES, EvalOptions, evaluate_dataset, parse_source
+
+ModelOpt = Annotated[
+    str, typer.Option("--model", "-m", help="'offline' (default), a HF id or directory, 'timm:<name>'")
+]
+
+ROWS = (
+    ("pointing_game", "pointing game"),
+    ("pck", "PCK@{alpha:g}"),
+    ("box_iou", "box IoU (mean)"),
+    ("corloc", "CorLoc (IoU >= 0.5)"),
+    ("mask_jaccard", "mask Jaccard (best head)"),
+)
+HEADERS = {"model": "model", "random": "random map", "centre": "centre Gaussian"}
+
+
+def format_table(summary: dict[str, dict[str, float | None]], alpha: float) -> str:
+    """The summary as a text table: one row per metric, one column per map (model and baselines)."""
+    lines = [f"{'metric':26s}" + "".join(f"{HEADERS[name]:>17s}" for name in BASELINES)]
+    for key, label in ROWS:
+        cells = [summary[name][key] for name in BASELINES]
+        lines.append(f"{label.format(alpha=alpha):26s}" + "".join(
+            f"{'n/a' if v is None else f'{v:.3f}':>17s}" for v in cells))
+    return "\n".join(lines)
+
+
+def register(app: typer.Typer) -> None:
+    @app.command()
+    def evaluate(
+        annotations: Annotated[Path, typer.Option(help="COCO-style JSON with boxes, keypoints, segmentation")],
+        images: Annotated[Path, typer.Option(help="folder the annotations' file_name entries are relative to")],
+        model: ModelOpt = "offline",
+        source: Annotated[str, typer.Option(help="cls, rollout or head:N")] = "cls",
+        method: Annotated[str, typer.Option(help=f"keypoints and boxes: one of {', '.join(METHODS)}")] = "components",
+        threshold: Annotated[str, typer.Option(help="abs:V, rel:F (of max), pct:P or otsu")] = "otsu",
+        fraction: Annotated[float, typer.Option(help="mass fraction of the masks (DINO: 0.6)")] = 0.6,
+        top_k: Annotated[int, typer.Option(help="keypoints per image for PCK")] = 5,
+        alpha: Annotated[float, typer.Option(help="PCK distance as a fraction of the object's longer box side")] = 0.1,
+        tolerance: Annotated[float, typer.Option(help="pointing game tolerance in pixels")] = 15.0,
+        draws: Annotated[int, typer.Option(help="random-map baseline: draws averaged")] = 20,
+        seed: Annotated[int, typer.Option(help="random-map baseline seed")] = 0,
+        layer: Annotated[int, typer.Option(help="layer of the CLS map (cls, head:N)")] = -1,
+        short_side: Annotated[int | None, typer.Option(
+            help="input short side in pixels; the whole image is resized, aspect kept (default: the model's)"
+        )] = None,
+        out: Annotated[Path | None, typer.Option("--out", "-o", help="write the full report (JSON) here")] = None,
+        device: Annotated[str | None, typer.Option(help="torch device, e.g. cuda")] = None,
+    ) -> None:
+        """Pointing game, PCK, box IoU / CorLoc and mask Jaccard, each beside a random and a centre baseline."""
+        from ..cli import fail, load_model
+
+        try:
+            parse_source(source)
+            local = LocalizeOptions(method=method, threshold=Threshold.parse(threshold), fraction=fraction,
+                                    top_k=top_k, alpha=alpha, tolerance=tolerance)
+        except ValueError as err:
+            raise fail(str(err)) from None
+        if method not in METHODS:
+            raise fail(f"--method takes one of {', '.join(METHODS)}, got {method!r}")
+        if not 0.0 < fraction <= 1.0 or top_k < 1 or draws < 1 or alpha <= 0 or tolerance < 0:
+            raise fail("--fraction must be in (0, 1], --top-k and --draws at least 1, --alpha > 0, --tolerance >= 0")
+        if not images.is_dir():
+            raise fail(f"{images}: not a folder")
+        try:
+            truth = load_coco(annotations)
+        except AnnotationError as err:
+            raise fail(str(err)) from None
+        vit = load_model(model, device)
+        try:
+            vit.resolve_layers([layer])
+        except ValueError as err:
+            raise fail(str(err)) from None
+        opts = EvalOptions(source=source, short_side=short_side, layer=layer, draws=draws, seed=seed, localize=local)
+        errors: list[str] = []
+
+        def on_error(err: Exception) -> None:
+            errors.append(str(err))
+            typer.echo(f"vitprobe: error: {err}", err=True)
+
+        try:
+            report = evaluate_dataset(vit, truth, images, opts, on_error)
+        except ValueError as err:  # no CLS token, or no such head
+            raise fail(str(err)) from None
+        n = len(report["images"])
+        typer.echo(f"{vit.name}, source {source}, method {method} ({threshold if method != 'mass' else fraction}), "
+                   f"{n} image{'s' * (n != 1)}; random map averaged over {draws} draws")
+        typer.echo(format_table(report["summary"], alpha))
+        if out is not None:
+            report["settings"] = {
+                **vit.describe(), "annotations": str(annotations), "images": str(images), "source": source,
+                "method": method, "threshold": threshold, "fraction": fraction, "top_k": top_k, "alpha": alpha,
+                "tolerance": tolerance, "draws": draws, "seed": seed, "layer": layer, "short_side": short_side,
+                "sigma": opts.sigma, "errors": errors,
+            }
+            out.parent.mkdir(parents=True, exist_ok=True)
+            out.write_text(json.dumps(report, indent=2))
+        if errors or n == 0:
+            if n == 0:
+                print("vitprobe: error: no annotated image could be evaluated", file=sys.stderr)
+            raise typer.Exit(1)

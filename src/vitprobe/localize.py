@@ -1,0 +1,176 @@
+"""From a model and images to keypoints, boxes, masks and evaluation scores on the original images.
+
+The glue under ``vitprobe keypoints`` and ``vitprobe evaluate``: pick the map (``source``), run
+a method from ``analysis.keypoints``, carry everything onto the original image, and score
+against COCO ground truth beside the baselines of ``evaluate``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from .analysis import keypoints as kp
+from .analysis.maps import cls_maps
+from .analysis.masks import grid_mask_to_image
+from .analysis.rollout import rollout
+from .capture import Capture
+from .coco import ImageTruth
+from .evaluate import ImageScores, LocalizeOptions, centre_gaussian, mean_scores, random_maps, score_image, summarize
+from .io.images import load_image
+from .io.preprocess import Geometry, PreprocessSpec
+from .layout import NO_CLS_MESSAGE
+from .models.base import VitModel
+
+SOURCE_HELP = "cls (last-layer CLS attention, head mean), rollout, or head:N (one head of the CLS attention)"
+
+
+def parse_source(text: str) -> tuple[str, int | None]:
+    """``'cls'`` / ``'rollout'`` / ``'head:N'`` -> (kind, head index or None)."""
+    kind, _, head = text.partition(":")
+    if kind in ("cls", "rollout") and not head:
+        return kind, None
+    if kind == "head" and head.isdigit():
+        return kind, int(head)
+    raise ValueError(f"--source takes {SOURCE_HELP}; got {text!r}")
+
+
+def capture_for(model: VitModel, image: str | Path | Image.Image, source: str, short_side: int | None,
+                layer: int = -1) -> Capture:
+    """Capture one image for ``source``, the whole image resized keeping its aspect (see ``whole_image_hw``)."""
+    picture = load_image(image)
+    size = whole_image_hw((picture.height, picture.width), short_side or default_short_side(model.preprocess),
+                          model.patch_size)
+    kind, _ = parse_source(source)
+    layers = None if kind == "rollout" else [layer]
+    fuse = ("mean",) if kind == "rollout" else ()
+    return model.capture(picture, size=size, layers=layers, fuse=fuse, full_layers=())
+
+
+def source_maps(cap: Capture, source: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """The map of ``source`` (B, H, W) and its candidates for per-head masks (B, K, H, W).
+
+    ``cls``: the last recorded layer's CLS attention, head mean; candidates are the heads.
+    ``head:N``: that head alone. ``rollout``: the rollout through all recorded layers.
+    """
+    kind, head = parse_source(source)
+    if cap.cls is None:
+        raise ValueError(NO_CLS_MESSAGE)
+    if kind == "rollout":
+        rolled = rollout(cap.fused["mean"], cap.layout)
+        return rolled, rolled[:, None]
+    heads = cls_maps(cap.cls, cap.layout)[-1]  # (B, heads, H, W)
+    if kind == "cls":
+        return heads.mean(dim=1), heads
+    if head >= heads.shape[1]:
+        raise ValueError(f"head {head} does not exist: the model has {heads.shape[1]} heads")
+    return heads[:, head], heads[:, head : head + 1]
+
+
+def default_short_side(spec: PreprocessSpec) -> int:
+    """The short side, in input pixels, of what the model's own preprocessing produces."""
+    if spec.crop_hw is not None:
+        return min(spec.crop_hw)
+    if spec.resize_hw is not None:
+        return min(spec.resize_hw)
+    return spec.shortest_edge or 224
+
+
+def whole_image_hw(original_hw: tuple[int, int], short_side: int, patch_size: int) -> tuple[int, int]:
+    """Input (H, W) for the WHOLE image: short side ≈ ``short_side``, aspect kept, multiples of the patch.
+
+    Nothing is cropped, so every part of the image gets a patch and every annotation can be hit.
+    """
+    scale = short_side / min(original_hw)
+    return tuple(max(patch_size, round(s * scale / patch_size) * patch_size) for s in original_hw)  # type: ignore[return-value]
+
+
+@dataclass(frozen=True)
+class Localized:
+    """One image's result: keypoints on the original image (best first), the mask of kept patches
+    on the original image (H0, W0) bool, the source map (H, W) and the geometry."""
+
+    keypoints: list[kp.ImageKeypoint]
+    mask: np.ndarray
+    heat: torch.Tensor
+    geometry: Geometry
+    patch_size: int
+
+
+def localize(cap: Capture, source: str, opts: LocalizeOptions) -> list[Localized]:
+    """Keypoints, boxes and masks of every image of a capture, on the original images."""
+    fused, _ = source_maps(cap, source)
+    found = kp.find(fused, opts.method, opts.threshold, opts.fraction, opts.top_k)
+    patch = cap.layout.patch_size
+    return [
+        Localized([kp.to_image(k, patch, geo) for k in points], grid_mask_to_image(mask, patch, geo), heat, geo, patch)
+        for points, mask, heat, geo in zip(found.keypoints, found.masks, fused, cap.geometry, strict=True)
+    ]
+
+
+@dataclass(frozen=True)
+class EvalOptions:
+    """``source`` map, ``short_side`` of the whole-image input (None: the model's own), ``layer`` of
+    the CLS map, ``draws`` of the random baseline and its ``seed``, ``sigma`` of the centre prior."""
+
+    source: str = "cls"
+    short_side: int | None = None
+    layer: int = -1
+    draws: int = 20
+    seed: int = 0
+    sigma: float = 0.25
+    localize: LocalizeOptions = LocalizeOptions()
+
+
+BASELINES = ("model", "random", "centre")
+
+
+def evaluate_dataset(
+    model: VitModel,
+    images: list[ImageTruth],
+    images_dir: Path,
+    opts: EvalOptions,
+    on_error: Callable[[Exception], None],
+) -> dict:
+    """Score the model's maps and both baselines on every annotated image; ``on_error`` is told of
+    images that cannot be loaded (they are skipped). Returns per-image scores and the summary."""
+    generator = torch.Generator().manual_seed(opts.seed)
+    per_image: list[dict] = []
+    scores: dict[str, list[ImageScores]] = {name: [] for name in BASELINES}
+    for truth in images:
+        if not truth.objects:
+            continue
+        try:
+            cap = capture_for(model, images_dir / truth.file_name, opts.source, opts.short_side, opts.layer)
+        except ValueError as err:  # ImageLoadError is a ValueError
+            on_error(err)
+            continue
+        geometry = cap.geometry[0]
+        if geometry.original_hw != (truth.height, truth.width):
+            on_error(ValueError(f"{images_dir / truth.file_name}: image is {geometry.original_hw[0]}x"
+                                f"{geometry.original_hw[1]} but annotated as {truth.height}x{truth.width}"))
+            continue
+        fused, candidates = source_maps(cap, opts.source)
+        patch, grid = cap.layout.patch_size, cap.layout.grid_hw
+        k = candidates.shape[1]
+
+        def score(f: torch.Tensor, c: torch.Tensor, patch=patch, geometry=geometry, truth=truth) -> ImageScores:
+            return score_image(f, c, patch, geometry, truth, opts.localize)
+
+        centre = centre_gaussian(grid, opts.sigma)
+        result = {
+            "model": score(fused[0], candidates[0]),
+            "random": mean_scores([score(random_maps(1, grid, generator)[0], random_maps(k, grid, generator))
+                                   for _ in range(opts.draws)]),
+            "centre": score(centre, centre[None]),
+        }
+        for name, value in result.items():
+            scores[name].append(value)
+        per_image.append({"file_name": truth.file_name, "grid_hw": list(grid), "input_hw": list(geometry.input_hw),
+                          **{name: value.to_dict() for name, value in result.items()}})
+    return {"images": per_image, "summary": {name: summarize(scores[name]) for name in BASELINES}}
