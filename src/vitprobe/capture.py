@@ -8,7 +8,8 @@ never sit in memory at once.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 
 import torch
@@ -22,6 +23,8 @@ from .layout import TokenLayout
 Reducer = Callable[[torch.Tensor, TokenLayout], torch.Tensor]
 """Per-layer reduction: attention (B, heads, T, T) and the layout -> any tensor with batch first."""
 
+_BLOCK_BYTES = {"cpu": 2 << 20}  # one float32 block of scores: cache-sized on CPU
+_DEFAULT_BLOCK_BYTES = 256 << 20  # accelerators: few, large blocks
 
 
 class CaptureError(RuntimeError):
@@ -103,6 +106,74 @@ def attention_probs(q: torch.Tensor, k: torch.Tensor, scale: float) -> torch.Ten
     return scores.softmax(dim=-1)
 
 
+@dataclass
+class AttentionBlock:
+    """Query rows ``rows`` of images ``images`` of one layer's attention, all heads, in float32.
+
+    ``probs`` (b, heads, r, T) are softmax rows; ``shifted`` (b, heads, r, T) the scaled scores
+    minus their row maximum; ``log_z`` (b, heads, r) is log Σ exp(shifted), so a row's entropy is
+    ``log_z − Σ probs·shifted``. The buffers are reused: a block is valid until the next one.
+    """
+
+    images: slice
+    rows: slice
+    probs: torch.Tensor
+    shifted: torch.Tensor
+    log_z: torch.Tensor
+
+
+class RowReducer(ABC):
+    """A per-layer reduction fed the attention block by block, so (B, heads, T, T) is never held.
+
+    For each layer the recorder calls ``start``, then ``update`` once per block (the blocks cover
+    every query row of every image once), then ``finish`` for the layer's result (B, ...).
+    """
+
+    @abstractmethod
+    def start(self, batch: int, heads: int, layout: TokenLayout, device: torch.device) -> None: ...
+
+    @abstractmethod
+    def update(self, block: AttentionBlock) -> None: ...
+
+    @abstractmethod
+    def finish(self) -> torch.Tensor: ...
+
+
+def block_shape(batch: int, heads: int, n_tokens: int, device: torch.device) -> tuple[int, int]:
+    """(images, query rows) per block so that one (images, heads, rows, T) float32 block stays within
+    the device's budget: about 2 MiB on CPU, where the softmax and the reductions then run in cache."""
+    budget = _BLOCK_BYTES.get(device.type, _DEFAULT_BLOCK_BYTES)
+    row_bytes = heads * n_tokens * 4
+    if row_bytes * n_tokens <= budget:
+        return max(1, min(batch, budget // (row_bytes * n_tokens))), n_tokens
+    return 1, max(1, budget // row_bytes)
+
+
+def attention_blocks(q: torch.Tensor, k: torch.Tensor, scale: float) -> Iterator[AttentionBlock]:
+    """softmax(q·kᵀ·scale) in float32 of q, k (B, heads, T, d), block by block (see ``block_shape``).
+
+    Two block buffers are reused for the whole layer: no allocation of (B, heads, T, T).
+    """
+    q = q.to(torch.float32, memory_format=torch.contiguous_format, copy=True).mul_(scale)
+    kt = k.to(torch.float32, memory_format=torch.contiguous_format).transpose(-1, -2)
+    batch, heads, t, _ = q.shape
+    n_images, n_rows = block_shape(batch, heads, t, q.device)
+    scores = q.new_empty(n_images * heads * n_rows * t)
+    probs = torch.empty_like(scores)
+    for b0 in range(0, batch, n_images):
+        images = slice(b0, min(b0 + n_images, batch))
+        for r0 in range(0, t, n_rows):
+            rows = slice(r0, min(r0 + n_rows, t))
+            shape = (images.stop - b0, heads, rows.stop - r0, t)
+            size = shape[0] * heads * shape[2] * t
+            s = torch.matmul(q[images, :, rows], kt[images], out=scores[:size].view(shape))
+            s.sub_(s.amax(dim=-1, keepdim=True))
+            p = torch.exp(s, out=probs[:size].view(shape))
+            z = p.sum(dim=-1)
+            p.div_(z.unsqueeze(-1))
+            yield AttentionBlock(images, rows, p, s, z.log_())
+
+
 class AttentionRecorder:
     """Context manager that hooks q/k of the chosen layers and reduces each layer as it is computed.
 
@@ -143,6 +214,7 @@ class AttentionRecorder:
         self.layout: TokenLayout | None = None
         self.cls_rows: dict[int, torch.Tensor] = {}
         self.fused: dict[str, dict[int, torch.Tensor]] = {how: {} for how in self.fuse}
+        self._fused_stack: dict[str, torch.Tensor] = {}
         self.full: dict[int, torch.Tensor] = {}
         self.reduced: dict[str, dict[int, torch.Tensor]] = {name: {} for name in self.reducers}
         self.token_norms: dict[int, torch.Tensor] = {}
@@ -194,15 +266,42 @@ class AttentionRecorder:
                 i = layout.cls_index
                 self.cls_rows[layer] = attention_probs(q[:, :, i : i + 1], k, site.scale)[:, :, 0].cpu()
             return
-        attn = attention_probs(q, k, site.scale)
-        if self.want_cls and layout.has_cls:
-            self.cls_rows[layer] = attn[:, :, layout.cls_index].cpu()
-        for how in self.fuse:
-            self.fused[how][layer] = fuse_heads(attn, how, dim=1).cpu()
+        batch, heads, t, _ = q.shape
+        cls = layout.cls_index if self.want_cls and layout.has_cls else None
+        cls_rows = q.new_empty(batch, heads, t, dtype=torch.float32) if cls is not None else None
+        fused = {how: self._fused_slot(how, layer, (batch, t, t), q.device) for how in self.fuse}
+        by_block = {name: r for name, r in self.reducers.items() if isinstance(r, RowReducer)}
+        whole = {name: r for name, r in self.reducers.items() if name not in by_block}
+        keep = bool(whole) or layer in self.full_layers
+        attn = q.new_empty(batch, heads, t, t, dtype=torch.float32) if keep else None
+        for reducer in by_block.values():
+            reducer.start(batch, heads, layout, q.device)
+        for block in attention_blocks(q, k, site.scale):
+            if cls is not None and block.rows.start <= cls < block.rows.stop:
+                cls_rows[block.images] = block.probs[:, :, cls - block.rows.start]
+            for how, out in fused.items():
+                out[block.images, block.rows] = fuse_heads(block.probs, how, dim=1)
+            if attn is not None:
+                attn[block.images, :, block.rows] = block.probs
+            for reducer in by_block.values():
+                reducer.update(block)
+        if cls_rows is not None:
+            self.cls_rows[layer] = cls_rows.cpu()
+        for how, out in fused.items():
+            self.fused[how][layer] = out.cpu()
         if layer in self.full_layers:
             self.full[layer] = attn.cpu()
-        for name, reducer in self.reducers.items():
+        for name, reducer in by_block.items():
+            self.reduced[name][layer] = reducer.finish().cpu()
+        for name, reducer in whole.items():
             self.reduced[name][layer] = reducer(attn, layout).cpu()
+
+    def _fused_slot(self, how: str, layer: int, shape: tuple[int, ...], device: torch.device) -> torch.Tensor:
+        """The (B, T, T) slice of ``layer`` in one (L, B, T, T) tensor per fusion, so stacking copies nothing."""
+        stack = self._fused_stack.get(how)
+        if stack is None or stack.shape[1:] != shape:
+            stack = self._fused_stack[how] = torch.empty(len(self.layers), *shape, device=device)
+        return stack[self.layers.index(layer)]
 
     def finish(self) -> None:
         """Check that every recorded layer produced exactly one map in this forward pass."""
@@ -217,5 +316,18 @@ class AttentionRecorder:
 
 
 def stack_layers(per_layer: dict[int, torch.Tensor], layers: Sequence[int]) -> torch.Tensor:
-    """Stack {layer: (B, ...)} into (L, B, ...) in the order of ``layers``."""
-    return torch.stack([per_layer[layer] for layer in layers])
+    """Stack {layer: (B, ...)} into (L, B, ...) in the order of ``layers``.
+
+    When the tensors already are the consecutive slices of one (L, B, ...) tensor (the recorder
+    writes head-fused maps that way) that tensor is returned as it is, without a copy.
+    """
+    tensors = [per_layer[layer] for layer in layers]
+    base = tensors[0]._base
+    if (
+        base is not None
+        and base.is_contiguous()
+        and base.shape == (len(tensors), *tensors[0].shape)
+        and all(x.is_contiguous() and x.data_ptr() == base[i].data_ptr() for i, x in enumerate(tensors))
+    ):
+        return base
+    return torch.stack(tensors)
