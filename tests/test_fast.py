@@ -1,0 +1,186 @@
+"""Block-streamed capture and the fast reducers against float64 references written from the formulas."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from tests.test_capture import eager_attentions
+from vitprobe import capture
+from vitprobe.analysis.fast import MeanDistance, RowEntropy, pixel_distances, rollout_cls, row_entropy
+from vitprobe.analysis.rollout import rollout_rows
+from vitprobe.capture import AttentionBlock, attention_blocks, block_shape, stack_layers
+from vitprobe.layout import TokenLayout
+from vitprobe.models.hf import load_hf
+
+LAYOUT = TokenLayout(("cls", "reg0"), (3, 4), 16)  # T = 14
+
+
+def float64_distance(attn: np.ndarray, layout: TokenLayout, renormalize: bool) -> np.ndarray:
+    """Mean attention distance per head, float64: attn (B, heads, T, T) -> (B, heads)."""
+    p = layout.n_prefix
+    h, w = layout.grid_hw
+    pos = np.array([(r, c) for r in range(h) for c in range(w)], dtype=np.float64) * layout.patch_size
+    dist = np.sqrt(((pos[:, None, :] - pos[None, :, :]) ** 2).sum(-1))
+    patches = attn[:, :, p:, p:].astype(np.float64)
+    per_query = (patches * dist).sum(-1)
+    if renormalize:
+        per_query = per_query / patches.sum(-1)
+    return per_query.mean(-1)
+
+
+def float64_entropy(attn: np.ndarray) -> np.ndarray:
+    a = attn.astype(np.float64)
+    return -(a * np.log(np.where(a > 0, a, 1.0))).sum(-1)
+
+
+def float64_rollout(fused: np.ndarray, cls: int) -> np.ndarray:
+    """joint = Â_L ⋯ Â_1 with Â = ½A + ½I, rows renormalised; the CLS row per image. fused (L, B, T, T)."""
+    n_layers, batch, t, _ = fused.shape
+    out = np.zeros((batch, t))
+    for b in range(batch):
+        joint = np.eye(t)
+        for layer in range(n_layers):
+            a = 0.5 * fused[layer, b].astype(np.float64) + 0.5 * np.eye(t)
+            joint = (a / a.sum(axis=1, keepdims=True)) @ joint
+        out[b] = joint[cls]
+    return out
+
+
+def random_qk(batch: int = 2, heads: int = 3, t: int = LAYOUT.n_tokens, d: int = 8, seed: int = 0):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(batch, heads, t, d, generator=g) * 1.5, torch.randn(batch, heads, t, d, generator=g)
+
+
+def streamed(reducer, q, k, scale, layout=LAYOUT) -> torch.Tensor:
+    reducer.start(q.shape[0], q.shape[1], layout, q.device)
+    for block in attention_blocks(q, k, scale):
+        reducer.update(block)
+    return reducer.finish()
+
+
+@pytest.fixture
+def small_blocks(monkeypatch):
+    """Blocks of 3 query rows of one image (T = 14 gives a short last block)."""
+    monkeypatch.setitem(capture._BLOCK_BYTES, "cpu", 3 * 3 * LAYOUT.n_tokens * 4)
+
+
+def test_blocks_cover_every_row_once_and_equal_softmax(small_blocks):
+    q, k = random_qk()
+    ref = torch.softmax(q.double() @ k.double().transpose(-1, -2) * 0.3, dim=-1)
+    seen = torch.zeros(2, LAYOUT.n_tokens, dtype=torch.int64)
+    for block in attention_blocks(q, k, 0.3):
+        assert block.probs.shape[0] == 1 and block.probs.shape[2] <= 3
+        seen[block.images, block.rows] += 1
+        scores = q[block.images, :, block.rows].double() @ k[block.images].double().transpose(-1, -2) * 0.3
+        row_max = scores.amax(-1, keepdim=True)
+        assert torch.allclose(block.probs.double(), ref[block.images, :, block.rows], atol=1e-6)
+        assert torch.allclose(block.shifted.double(), scores - row_max, atol=1e-5)
+        assert torch.allclose(block.log_z.double(), torch.logsumexp(scores, -1) - row_max[..., 0], atol=1e-5)
+    assert torch.equal(seen, torch.ones_like(seen))
+
+
+def test_block_shape_budget():
+    cpu = torch.device("cpu")
+    assert block_shape(8, 6, 1370, cpu) == (1, (2 << 20) // (6 * 1370 * 4))  # DINOv2-S/14 @ 518: 63 rows
+    assert block_shape(8, 12, 197, cpu) == (1, 197)  # ViT-B/16 @ 224: one image per block
+    assert block_shape(8, 4, 17, cpu) == (8, 17)  # tiny: the whole batch at once
+
+
+@pytest.mark.parametrize("kind", ["vit", "dinov2_with_registers"])
+def test_streamed_capture_equals_eager_in_small_blocks(tiny_dirs, kind, monkeypatch):
+    monkeypatch.setitem(capture._BLOCK_BYTES, "cpu", 4 * 5 * 4 * 4 * 4)  # 1 image, 3 or 4 query rows
+    model = load_hf(str(tiny_dirs[kind]))
+    pixels = torch.randn(3, 3, 32, 32)
+    cap = model.capture_pixels(pixels, full_layers=[0, 2], fuse=("mean", "max"),
+                               reducers={"entropy": RowEntropy(), "distance": MeanDistance()})
+    reference = eager_attentions(tiny_dirs[kind], pixels, kind)
+    for layer, ref in enumerate(reference):
+        assert torch.allclose(cap.cls[layer], ref[:, :, 0], atol=1e-5)
+        assert torch.allclose(cap.fused["mean"][layer], ref.mean(1), atol=1e-5)
+        assert torch.allclose(cap.fused["max"][layer], ref.amax(1), atol=1e-5)
+        ent = float64_entropy(ref.numpy())
+        np.testing.assert_allclose(cap.reduced["entropy"][layer].numpy(), ent, atol=1e-5)
+        dist = float64_distance(ref.numpy(), cap.layout, renormalize=False)
+        np.testing.assert_allclose(cap.reduced["distance"][layer].numpy(), dist, rtol=1e-5)
+    for layer in (0, 2):
+        assert torch.allclose(cap.full[layer], reference[layer], atol=1e-5)
+    assert cap.reduced["entropy"].shape == (3, 3, 4, cap.layout.n_tokens)
+    assert cap.reduced["distance"].shape == (3, 3, 4)
+
+
+def test_row_entropy_matches_float64_and_bounds(small_blocks):
+    q, k = random_qk(seed=3)
+    ours = streamed(RowEntropy(), q, k, 0.7)
+    attn = torch.softmax(q.double() @ k.double().transpose(-1, -2) * 0.7, dim=-1)
+    np.testing.assert_allclose(ours.numpy(), float64_entropy(attn.numpy()), atol=1e-5)
+    np.testing.assert_allclose(row_entropy(attn.float()).numpy(), float64_entropy(attn.numpy()), atol=1e-5)
+    assert (ours >= -1e-6).all() and (ours <= math.log(LAYOUT.n_tokens) + 1e-6).all()
+
+
+def test_entropy_oracles():
+    t = LAYOUT.n_tokens
+    zero = torch.zeros(1, 1, t, 4)
+    uniform = streamed(RowEntropy(), zero, zero, 1.0)
+    assert torch.allclose(uniform, torch.full_like(uniform, math.log(t)), atol=1e-6)
+    peaked = torch.eye(t).mul(60.0)[None, None]  # q_i·k_j = 3600·[i = j]: one-hot rows
+    assert torch.allclose(streamed(RowEntropy(), peaked, peaked, 1.0), torch.zeros(1, 1, t), atol=1e-5)
+    assert torch.allclose(row_entropy(torch.eye(t)), torch.zeros(t))
+
+
+@pytest.mark.parametrize("renormalize", [False, True])
+def test_mean_distance_matches_float64(small_blocks, renormalize):
+    q, k = random_qk(seed=5)
+    ours = streamed(MeanDistance(renormalize=renormalize), q, k, 0.5)
+    attn = torch.softmax(q.double() @ k.double().transpose(-1, -2) * 0.5, dim=-1).numpy()
+    np.testing.assert_allclose(ours.numpy(), float64_distance(attn, LAYOUT, renormalize), rtol=1e-5)
+
+
+def test_mean_distance_oracles():
+    """Identity attention -> 0; uniform attention over a 14×14 grid of 16-px patches -> 116.49 px."""
+    layout = TokenLayout(("cls",), (14, 14), 16)
+    t = layout.n_tokens
+    eye = torch.eye(t).mul(60.0)[None, None]
+    assert streamed(MeanDistance(), eye, eye, 1.0, layout).abs().max() < 1e-3
+    zero = torch.zeros(1, 2, t, 4)
+    uniform = streamed(MeanDistance(renormalize=True), zero, zero, 1.0, layout)
+    assert torch.allclose(uniform, torch.full((1, 2), 116.49), atol=5e-3)
+    unnormalised = streamed(MeanDistance(), zero, zero, 1.0, layout)  # CLS takes 1/T of each row
+    assert torch.allclose(unnormalised, uniform * (t - 1) / t, atol=1e-3)
+
+
+def test_pixel_distances_layout():
+    dist = pixel_distances(LAYOUT)
+    assert dist.shape == (14, 14)
+    assert torch.equal(dist[:2], torch.zeros(2, 14)) and torch.equal(dist[:, :2], torch.zeros(14, 2))
+    assert dist[LAYOUT.patch_index(0, 0), LAYOUT.patch_index(2, 3)] == pytest.approx(16 * math.hypot(2, 3))
+    assert dist[LAYOUT.patch_index(1, 1), LAYOUT.patch_index(1, 2)] == 16
+
+
+def test_rollout_cls_matches_float64_and_rollout_rows():
+    g = torch.Generator().manual_seed(7)
+    fused = (torch.randn(5, 2, 14, 14, generator=g) * 3).softmax(-1)
+    ours = rollout_cls(fused, LAYOUT)
+    np.testing.assert_allclose(ours.double().numpy(), float64_rollout(fused.numpy(), 0), atol=1e-6)
+    assert torch.allclose(ours, rollout_rows(fused, LAYOUT), atol=1e-6)
+    assert torch.allclose(ours.sum(-1), torch.ones(2), atol=1e-5)
+
+
+def test_stack_layers_returns_the_recorder_stack_without_copy():
+    stack = torch.randn(3, 2, 5, 5)
+    assert stack_layers({10: stack[0], 11: stack[1], 12: stack[2]}, [10, 11, 12]) is stack
+    swapped = stack_layers({10: stack[1], 11: stack[0], 12: stack[2]}, [10, 11, 12])
+    assert swapped is not stack and torch.equal(swapped[0], stack[1])
+    loose = [torch.randn(2, 5, 5) for _ in range(3)]
+    assert torch.equal(stack_layers(dict(enumerate(loose)), [0, 1, 2]), torch.stack(loose))
+
+
+def test_attention_block_is_documented_shape(small_blocks):
+    q, k = random_qk(batch=1)
+    block = next(attention_blocks(q, k, 1.0))
+    assert isinstance(block, AttentionBlock)
+    assert block.probs.shape == block.shifted.shape == (1, 3, 3, LAYOUT.n_tokens)
+    assert block.log_z.shape == (1, 3, 3)
