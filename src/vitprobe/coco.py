@@ -59,7 +59,7 @@ def load_coco(path: str | Path) -> list[ImageTruth]:
         for ann in data.get("annotations", []):
             image = images[ann["image_id"]]
             image.objects.append(_object(ann, categories.get(ann["category_id"], {}), image))
-    except (KeyError, TypeError, ValueError) as err:
+    except (AttributeError, KeyError, TypeError, ValueError) as err:
         raise AnnotationError(f"{path}: not a COCO annotation file ({type(err).__name__}: {err})") from None
     return list(images.values())
 

@@ -81,12 +81,17 @@ def default_short_side(spec: PreprocessSpec) -> int:
     return spec.shortest_edge or 224
 
 
+MAX_ASPECT = 3
+"""The long side of a whole-image input is at most this many times ``short_side``."""
+
+
 def whole_image_hw(original_hw: tuple[int, int], short_side: int, patch_size: int) -> tuple[int, int]:
     """Input (H, W) for the WHOLE image: short side ≈ ``short_side``, aspect kept, multiples of the patch.
 
     Nothing is cropped, so every part of the image gets a patch and every annotation can be hit.
+    Images longer than ``MAX_ASPECT``:1 get a shorter short side instead of an unbounded long one.
     """
-    scale = short_side / min(original_hw)
+    scale = min(short_side / min(original_hw), MAX_ASPECT * short_side / max(original_hw))
     return tuple(max(patch_size, round(s * scale / patch_size) * patch_size) for s in original_hw)  # type: ignore[return-value]
 
 

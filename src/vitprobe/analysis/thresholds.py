@@ -38,7 +38,7 @@ class Threshold:
         kind, _, value = text.strip().partition(":")
         if kind == "otsu" and not value:
             return cls("otsu", 0.0)
-        if kind not in KINDS or not value:
+        if kind not in KINDS or kind == "otsu" or not value:
             raise ValueError(f"threshold must be abs:V, rel:F, pct:P or otsu, got {text!r}")
         try:
             number = float(value)
