@@ -28,7 +28,7 @@ from scipy.optimize import linear_sum_assignment
 
 from .analysis import keypoints as kp
 from .analysis.masks import grid_mask_to_image, mass_masks
-from .analysis.thresholds import Threshold
+from .analysis.thresholds import OTSU, Threshold
 from .coco import ImageTruth
 from .io.preprocess import Geometry
 
@@ -90,7 +90,7 @@ class LocalizeOptions:
     ``top_k`` keypoints for PCK, PCK ``alpha``, pointing ``tolerance`` (px), mask ``fraction``."""
 
     method: str = "components"
-    threshold: Threshold = Threshold()
+    threshold: Threshold = OTSU
     fraction: float = 0.6
     top_k: int = 5
     alpha: float = 0.1

@@ -107,8 +107,10 @@ class Localized:
     patch_size: int
 
 
-def localize(cap: Capture, source: str, opts: LocalizeOptions) -> list[Localized]:
-    """Keypoints, boxes and masks of every image of a capture, on the original images."""
+def localize(cap: Capture, source: str = "cls", opts: LocalizeOptions | None = None) -> list[Localized]:
+    """Keypoints, boxes and masks of every image of a capture, on the original images
+    (``opts`` default: components above Otsu's threshold, top 5)."""
+    opts = opts or LocalizeOptions()
     fused, _ = source_maps(cap, source)
     found = kp.find(fused, opts.method, opts.threshold, opts.fraction, opts.top_k)
     patch = cap.layout.patch_size
@@ -141,9 +143,11 @@ def evaluate_dataset(
     images_dir: Path,
     opts: EvalOptions,
     on_error: Callable[[Exception], None],
+    on_image: Callable[[ImageTruth, Capture], None] | None = None,
 ) -> dict:
     """Score the model's maps and both baselines on every annotated image; ``on_error`` is told of
-    images that cannot be loaded (they are skipped). Returns per-image scores and the summary."""
+    images that cannot be loaded (they are skipped), ``on_image`` (if given) gets each scored
+    image's capture. Returns per-image scores and the summary."""
     generator = torch.Generator().manual_seed(opts.seed)
     per_image: list[dict] = []
     scores: dict[str, list[ImageScores]] = {name: [] for name in BASELINES}
@@ -174,6 +178,8 @@ def evaluate_dataset(
                                    for _ in range(opts.draws)]),
             "centre": score(centre, centre[None]),
         }
+        if on_image is not None:
+            on_image(truth, cap)
         for name, value in result.items():
             scores[name].append(value)
         per_image.append({"file_name": truth.file_name, "grid_hw": list(grid), "input_hw": list(geometry.input_hw),

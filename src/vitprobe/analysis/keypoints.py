@@ -29,7 +29,7 @@ from scipy import ndimage
 
 from ..io.preprocess import Geometry
 from .masks import mass_masks
-from .thresholds import Threshold
+from .thresholds import OTSU, Threshold
 
 METHODS = ("components", "weighted", "peaks", "mass")
 
@@ -213,9 +213,9 @@ def find(
     fraction: float = 0.6,
     top_k: int | None = None,
 ) -> Found:
-    """Run one of ``METHODS`` on maps (B, H, W); ``threshold`` (default ``rel:0.5``) for all but
+    """Run one of ``METHODS`` on maps (B, H, W); ``threshold`` (default Otsu's) for all but
     ``mass``, ``fraction`` for ``mass``; ``top_k`` keeps the best k keypoints of each map."""
-    threshold = threshold or Threshold()
+    threshold = threshold or OTSU
     if method == "components":
         return components(maps, threshold, top_k=top_k)
     if method == "weighted":

@@ -65,6 +65,10 @@ class Threshold:
         return maps.detach().float() >= self.values(maps)[..., None, None]
 
 
+OTSU = Threshold("otsu", 0.0)
+"""The default threshold of the keypoint methods: needs no tuning per model or map scale."""
+
+
 def otsu(values: torch.Tensor) -> torch.Tensor:
     """Otsu's threshold of each row, exactly (no histogram): values (..., N) -> (...).
 

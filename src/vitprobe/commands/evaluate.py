@@ -8,12 +8,17 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+from PIL import Image
 
 from ..analysis.keypoints import METHODS
 from ..analysis.thresholds import Threshold
-from ..coco import AnnotationError, load_coco
+from ..capture import Capture
+from ..coco import AnnotationError, ImageTruth, load_coco
 from ..evaluate import LocalizeOptions
-from ..localize import BASELINES, EvalOptions, evaluate_dataset, parse_source
+from ..localize import BASELINES, EvalOptions, Localized, evaluate_dataset, localize, parse_source
+
+CYAN = (0, 255, 255)
+GREEN = (0, 255, 0)
 
 ModelOpt = Annotated[
     str, typer.Option("--model", "-m", help="'offline' (default), a HF id or directory, 'timm:<name>'")
@@ -39,6 +44,22 @@ def format_table(summary: dict[str, dict[str, float | None]], alpha: float) -> s
     return "\n".join(lines)
 
 
+def draw_evaluation(truth: ImageTruth, found: Localized, cap: Capture) -> Image.Image:
+    """The source map over the original image, ground truth in cyan (boxes, mask outlines, named
+    keypoints) and the found keypoints with their boxes in green (numbered best first)."""
+    from .. import render
+    from ..render.annotate import annotate
+
+    base = render.overlay(cap.images[0], found.heat, alpha=0.45)  # whole-image capture: the view is the image
+    for obj in truth.objects:
+        x, y, w, h = obj.box
+        base = annotate(base, points=[tuple(p) for p in obj.keypoints], boxes=[(x, y, x + w, y + h)], mask=obj.mask,
+                        labels=obj.keypoint_names, colour=CYAN, mask_alpha=0.0)
+    points = found.keypoints
+    return annotate(base, points=[(k.x, k.y) for k in points], boxes=[k.box for k in points[:1]],
+                    labels=[str(i + 1) for i in range(len(points))], colour=GREEN)
+
+
 def register(app: typer.Typer) -> None:
     @app.command()
     def evaluate(
@@ -59,6 +80,9 @@ def register(app: typer.Typer) -> None:
             help="input short side in pixels; the whole image is resized, aspect kept (default: the model's)"
         )] = None,
         out: Annotated[Path | None, typer.Option("--out", "-o", help="write the full report (JSON) here")] = None,
+        figures: Annotated[Path | None, typer.Option(
+            help="folder for one PNG per image: ground truth (cyan) and what the model found (green)"
+        )] = None,
         device: Annotated[str | None, typer.Option(help="torch device, e.g. cuda")] = None,
     ) -> None:
         """Pointing game, PCK, box IoU / CorLoc and mask Jaccard, each beside a random and a centre baseline."""
@@ -92,8 +116,13 @@ def register(app: typer.Typer) -> None:
             errors.append(str(err))
             typer.echo(f"vitprobe: error: {err}", err=True)
 
+        def on_image(image: ImageTruth, cap: Capture) -> None:
+            figures.mkdir(parents=True, exist_ok=True)
+            figure = draw_evaluation(image, localize(cap, source, local)[0], cap)
+            figure.save(figures / f"{Path(image.file_name).stem}.png")
+
         try:
-            report = evaluate_dataset(vit, truth, images, opts, on_error)
+            report = evaluate_dataset(vit, truth, images, opts, on_error, on_image if figures else None)
         except ValueError as err:  # no CLS token, or no such head
             raise fail(str(err)) from None
         n = len(report["images"])

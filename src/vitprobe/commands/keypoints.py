@@ -16,7 +16,7 @@ from ..analysis.keypoints import METHODS
 from ..analysis.thresholds import Threshold
 from ..capture import Capture
 from ..evaluate import LocalizeOptions
-from ..io.images import ImageLoadError, list_images, load_image
+from ..io.images import ImageLoadError, list_images
 from ..localize import Localized, capture_for, localize, parse_source
 
 COORDINATES = (
@@ -106,11 +106,7 @@ def write_result(
 
     out_dir.mkdir(parents=True, exist_ok=True)
     geometry = found.geometry
-    original = load_image(path)
-    top, left, _, _ = geometry.crop_box
-    view = cap.images[0]
-    base = original.copy()
-    base.paste(render.overlay(view, found.heat, alpha=0.45), (round(left), round(top)))
+    base = render.overlay(cap.images[0], found.heat, alpha=0.45)  # whole-image capture: the view is the image
     points = found.keypoints
     outlined = annotate(base, mask=found.mask, colour=(255, 255, 255), mask_alpha=0.0)
     drawn = annotate(outlined, points=[(k.x, k.y) for k in points], boxes=[k.box for k in points],
