@@ -1,0 +1,73 @@
+"""Mean attention distance per head (Dosovitskiy et al. 2021, Raghu et al. 2021), in input pixels.
+
+For head h and query patch q, the attention-weighted distance Σ_k A[q, k]·‖pos(q) − pos(k)‖ over
+the key patches k, averaged over the query patches. Positions are patch centres in pixels of the
+model input (patch index × patch size; only differences matter). Prefix tokens (CLS,
+distillation, registers) are dropped as queries and as keys.
+
+Convention: by default rows are NOT renormalised after dropping the prefix keys, as in the ViT
+paper's code (seed 003): attention sent to prefix tokens counts as distance 0, so a head that
+parks its mass on CLS or registers reads as local. ``renormalize=True`` divides each row's patch
+part by its mass first (distance conditional on attending to patches), which compares models
+with different prefix tokens more fairly. Both agree when no mass goes to the prefix.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from ..layout import TokenLayout
+
+
+def patch_distances(layout: TokenLayout, device: torch.device | str = "cpu") -> torch.Tensor:
+    """(T, T) float32 pixel distances between patch centres; rows and columns of prefix tokens are 0."""
+    h, w = layout.grid_hw
+    rows, cols = torch.meshgrid(torch.arange(h), torch.arange(w), indexing="ij")
+    centres = torch.stack([rows.flatten(), cols.flatten()], dim=-1).to(torch.float64) * layout.patch_size
+    dist = torch.zeros(layout.n_tokens, layout.n_tokens, dtype=torch.float32, device=device)
+    dist[layout.n_prefix :, layout.n_prefix :] = torch.cdist(centres, centres).float()
+    return dist
+
+
+def distance_bound(layout: TokenLayout) -> float:
+    """Largest possible mean attention distance: P·√((H−1)² + (W−1)²) pixels (corner to corner)."""
+    h, w = layout.grid_hw
+    return layout.patch_size * math.hypot(h - 1, w - 1)
+
+
+def mean_attention_distance(
+    attn: torch.Tensor, layout: TokenLayout, renormalize: bool = False, dist: torch.Tensor | None = None
+) -> torch.Tensor:
+    """Mean attention distance in pixels: attention (B, heads, T, T) -> (B, heads), float32.
+
+    ``renormalize``: see the module docstring (default False: prefix mass counts as distance 0).
+    ``dist`` may pass a precomputed ``patch_distances(layout)``. Images are reduced one at a time,
+    so the only temporary is one image's (heads, T, T).
+    """
+    if attn.shape[-1] != layout.n_tokens or attn.shape[-2] != layout.n_tokens:
+        raise ValueError(f"attention {tuple(attn.shape)} does not match {layout.n_tokens} tokens")
+    d = patch_distances(layout, attn.device) if dist is None else dist
+    p = layout.n_prefix
+    out = torch.empty(attn.shape[:2], dtype=torch.float64, device=attn.device)
+    for b in range(attn.shape[0]):
+        a = attn[b, :, p:].float()  # patch queries (heads, N, T)
+        per_row = torch.linalg.vecdot(a, d[p:])  # prefix columns of d are 0
+        if renormalize:
+            per_row = per_row / a[..., p:].sum(dim=-1).clamp_min(torch.finfo(torch.float32).tiny)
+        out[b] = per_row.sum(dim=-1, dtype=torch.float64) / layout.n_patches
+    return out.float()
+
+
+def distance_reducer(renormalize: bool = False):
+    """A capture reducer: per layer (B, heads, T, T) -> mean attention distance (B, heads)."""
+    cache: dict[tuple[TokenLayout, torch.device], torch.Tensor] = {}
+
+    def reduce(attn: torch.Tensor, layout: TokenLayout) -> torch.Tensor:
+        key = (layout, attn.device)
+        if key not in cache:
+            cache[key] = patch_distances(layout, attn.device)
+        return mean_attention_distance(attn, layout, renormalize, cache[key])
+
+    return reduce
