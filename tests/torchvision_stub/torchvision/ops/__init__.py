@@ -1,0 +1,1 @@
+"""torchvision.ops stand-in: only the ``misc`` submodule timm imports."""
