@@ -1,0 +1,107 @@
+"""``vitprobe analyze``: probe statistics over a folder or list of images, resumable, torchrun-ready."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+ModelOpt = Annotated[
+    str, typer.Option("--model", "-m", help="'offline' (default), a HF id or directory, 'timm:<name>'")
+]
+
+
+def register(app: typer.Typer) -> None:
+    """Add the ``analyze`` command to the CLI app."""
+
+    @app.command()
+    def analyze(
+        source: Annotated[Path, typer.Argument(help="folder of images (recursive) or text file with one path a line")],
+        model: ModelOpt = "offline",
+        out: Annotated[Path, typer.Option("--out", "-o", help="output directory")] = Path("vitprobe_analysis"),
+        batch_size: Annotated[int, typer.Option(help="images per forward pass")] = 16,
+        limit: Annotated[int | None, typer.Option(help="only the first N listed images")] = None,
+        size: Annotated[tuple[int, int] | None, typer.Option(help="resize every image to H W (no crop)")] = None,
+        workers: Annotated[int, typer.Option(help="image-loading worker processes")] = 0,
+        spread_layer: Annotated[int, typer.Option(help="layer whose CLS-map entropy sets the spread levels")] = -1,
+        outlier_ratio: Annotated[float, typer.Option(help="artifact token: norm > this × median")] = 4.0,
+        peak_ratio: Annotated[float, typer.Option(help="isolated CLS peak: > this × 2nd-brightest neighbour")] = 3.0,
+        report: Annotated[bool, typer.Option(help="write report.html")] = True,
+        examples: Annotated[int, typer.Option(help="report: images drawn layer by layer")] = 4,
+        device: Annotated[str | None, typer.Option(help="torch device (default: cuda:LOCAL_RANK or cpu)")] = None,
+        progress: Annotated[bool, typer.Option(help="show a progress bar")] = True,
+    ) -> None:
+        """Measure attention over a dataset: per-image records (Parquet), aggregates, failures and an HTML report.
+
+        Run it again with the same arguments to resume; under ``torchrun --nproc_per_node=K`` each
+        process takes every K-th batch.
+        """
+        import torch
+
+        from ..cli import fail, load_model
+        from ..io.images import ImageLoadError
+        from ..io.store import require
+        from ..runner import (
+            AnalyzeOptions,
+            default_device,
+            init_distributed,
+            ranks_from_env,
+            read_image_list,
+            run_analysis,
+        )
+
+        if batch_size < 1 or (limit is not None and limit < 0) or workers < 0:
+            raise fail("--batch-size must be ≥ 1, --limit and --workers ≥ 0")
+        if outlier_ratio <= 1 or peak_ratio <= 1:
+            raise fail("--outlier-ratio and --peak-ratio must be > 1")
+        try:
+            require("pyarrow")
+            if report:
+                require("jinja2")
+        except ImportError as err:
+            raise fail(str(err)) from None
+        try:
+            images = read_image_list(source)
+        except ImageLoadError as err:
+            raise fail(str(err)) from None
+        if not images:
+            raise fail(f"no images found in {source}")
+        opts = AnalyzeOptions(batch_size=batch_size, limit=limit, size=size, spread_layer=spread_layer,
+                              outlier_ratio=outlier_ratio, peak_ratio=peak_ratio, workers=workers, progress=progress)
+        try:
+            ranks = ranks_from_env()
+        except ValueError as err:
+            raise fail(str(err)) from None
+        device = device or default_device(ranks)
+        init_distributed(ranks, torch.device(device))
+        try:
+            vit = load_model(model, device)
+            try:
+                vit.resolve_layers([spread_layer])
+                aggregates = run_analysis(vit, images, out, opts, ranks)
+            except ValueError as err:
+                raise fail(str(err)) from None
+            except KeyboardInterrupt:
+                raise fail("interrupted; finished batches are kept: run the same command to resume", 130) from None
+            if aggregates is None:  # not rank 0
+                return
+            if report:
+                from ..render.report import ReportOptions, write_report
+
+                write_report(vit, out, aggregates, ReportOptions(examples=examples, size=size))
+            counts, timing = aggregates["images"], aggregates["timing"]
+            speed = timing["images_per_second"]
+            typer.echo(
+                f"{counts['analysed']} of {counts['listed']} images analysed with {vit.name}, "
+                f"{counts['failed']} failed; "
+                f"this session {timing['images_this_session']} images"
+                + (f" at {speed:.2f} images/s" if speed else "")
+                + f", peak memory {max(timing['peak_rss_mb_per_rank']):.0f} MB; results in {Path(out).resolve()}"
+            )
+        finally:
+            if ranks.distributed:
+                import torch.distributed as dist
+
+                if dist.is_initialized():
+                    dist.destroy_process_group()

@@ -1,0 +1,471 @@
+"""Dataset runs: probe statistics of every image, batch by batch, resumable, sharded over ranks.
+
+The image list is cut into global batches of ``batch_size`` images in listing order; rank R of K
+takes the batches b with b % K == R (RANK / WORLD_SIZE / LOCAL_RANK as torchrun sets them). Each
+finished batch is written atomically with its per-image records, its failures and the states of
+the dataset accumulators (``io.store``), so an interrupted run restarted with the same command
+recomputes at most the batches that were in flight. When every rank is done, rank 0 merges the
+batches in global order: the results do not depend on how many processes ran them, nor on
+interruptions.
+
+Per image and layer (and head where it applies) the records hold:
+
+| metric | per | meaning |
+|---|---|---|
+| ``mean_attention_distance`` | head | pixels, prefix mass counted as distance 0 (``analysis.distance``) |
+| ``mean_attention_distance_renormalized`` | head | pixels, rows renormalised over the patches |
+| ``entropy_cls`` | head | CLS row over all tokens, nats |
+| ``entropy_rows`` | head | mean over all query rows, each over all tokens, nats |
+| ``entropy_cls_map`` | layer | head-mean CLS map over the patch grid, renormalised, nats |
+| ``token_norm_outlier_share`` | layer | share of patch tokens with outlier output norm |
+| ``token_norm_max_over_median`` | layer | largest / median patch-token norm |
+| ``cls_isolated_peak_share`` | layer | share of patches that are isolated peaks of the head-mean CLS map |
+| ``outliers_in_cls_peaks_share`` | layer | share of outlier tokens that are such peaks (NaN: no outlier) |
+
+Memory stays bounded by one batch: attention is reduced per layer as the forward streams and no
+(T, T) map is kept beyond the layer being reduced.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import resource
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from datetime import timedelta
+from pathlib import Path
+
+import torch
+from torch.utils.data import DataLoader, Dataset
+from tqdm.auto import tqdm
+
+from .analysis.accumulate import Accumulator, Moments
+from .analysis.distance import distance_bound, distance_reducer
+from .analysis.entropy import SpreadLevels, cls_entropy, map_entropy, rows_entropy_reducer
+from .analysis.maps import cls_maps
+from .analysis.tokens import ArtifactCounts, artifact_counts
+from .io.images import ImageLoadError, list_images, load_image
+from .io.preprocess import PreprocessSpec, preprocess
+from .io.store import (
+    RECORD_COLUMNS,
+    RunStore,
+    atomic_write_bytes,
+    atomic_write_text,
+    records_table,
+    table_bytes,
+    write_failures_csv,
+)
+from .models.base import VitModel
+
+HEAD_METRICS = (
+    "mean_attention_distance",
+    "mean_attention_distance_renormalized",
+    "entropy_cls",
+    "entropy_rows",
+)
+LAYER_METRICS = (
+    "entropy_cls_map",
+    "token_norm_outlier_share",
+    "token_norm_max_over_median",
+    "cls_isolated_peak_share",
+    "outliers_in_cls_peaks_share",
+)
+CLS_METRICS = ("entropy_cls", "entropy_cls_map", "cls_isolated_peak_share", "outliers_in_cls_peaks_share")
+LIST_COMMENT = "#"
+
+
+@dataclass(frozen=True)
+class AnalyzeOptions:
+    """How a dataset run is cut and measured (all but ``workers`` and ``progress`` are in the manifest).
+
+    ``size``: resize every image to (H, W) instead of the model's preprocessing; ``spread_layer``:
+    the layer whose ``entropy_cls_map`` sorts images into spread levels (negative: from the end).
+    """
+
+    batch_size: int = 16
+    limit: int | None = None
+    size: tuple[int, int] | None = None
+    spread_layer: int = -1
+    outlier_ratio: float = 4.0
+    peak_ratio: float = 3.0
+    workers: int = 0
+    progress: bool = True
+
+
+@dataclass(frozen=True)
+class Ranks:
+    """This process's place in a (possibly) distributed run."""
+
+    rank: int = 0
+    world: int = 1
+    local_rank: int = 0
+
+    @property
+    def distributed(self) -> bool:
+        return self.world > 1
+
+
+def ranks_from_env() -> Ranks:
+    """RANK, WORLD_SIZE and LOCAL_RANK as torchrun sets them; a single process without them."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    rank = int(os.environ.get("RANK", "0"))
+    if not 0 <= rank < world:
+        raise ValueError(f"RANK={rank} is outside WORLD_SIZE={world}")
+    return Ranks(rank, world, int(os.environ.get("LOCAL_RANK", str(rank))))
+
+
+def default_device(ranks: Ranks) -> str:
+    """cuda:LOCAL_RANK where CUDA is available, else cpu."""
+    return f"cuda:{ranks.local_rank}" if torch.cuda.is_available() else "cpu"
+
+
+def init_distributed(ranks: Ranks, device: torch.device) -> None:
+    """Join the torchrun process group (NCCL on CUDA, gloo on CPU); a no-op for one process."""
+    import torch.distributed as dist
+
+    if ranks.distributed and not dist.is_initialized():
+        backend = "nccl" if device.type == "cuda" else "gloo"
+        # ranks wait for each other at the end of long runs: a generous timeout
+        dist.init_process_group(backend, timeout=timedelta(hours=48), device_id=device if backend == "nccl" else None)
+
+
+def barrier(ranks: Ranks) -> None:
+    if ranks.distributed:
+        import torch.distributed as dist
+
+        dist.barrier()
+
+
+def read_image_list(source: Path) -> list[Path]:
+    """A folder (searched recursively, sorted) or a text file with one image path per line.
+
+    In a list file, blank lines and lines starting with ``#`` are skipped and relative paths are
+    taken relative to the list file's folder.
+    """
+    source = Path(source)
+    if source.is_dir():
+        return list_images([source])
+    if not source.is_file():
+        raise ImageLoadError(source, "no such file or directory")
+    paths = []
+    for line in source.read_text().splitlines():
+        entry = line.strip()
+        if entry and not entry.startswith(LIST_COMMENT):
+            path = Path(entry).expanduser()
+            paths.append(path if path.is_absolute() else source.parent / path)
+    return paths
+
+
+class _BatchLoader(Dataset):
+    """Item i: (global batch index, [(image index, pixels (3, H, W))], [(file, reason)]) of batch i."""
+
+    def __init__(self, batches: list[tuple[int, list[tuple[int, Path]]]], spec: PreprocessSpec, patch: int) -> None:
+        self.batches, self.spec, self.patch = batches, spec, patch
+
+    def __len__(self) -> int:
+        return len(self.batches)
+
+    def __getitem__(self, i: int):
+        index, members = self.batches[i]
+        loaded, failures = [], []
+        for image_index, path in members:
+            try:
+                pixels, _, _ = preprocess(load_image(path), self.spec, self.patch)
+                loaded.append((image_index, pixels))
+            except ImageLoadError as err:
+                failures.append((str(path), err.reason))
+            except Exception as err:  # noqa: BLE001 - a bad file is recorded, never stops the run
+                failures.append((str(path), f"{type(err).__name__}: {err}"))
+        return index, loaded, failures
+
+
+class _InputSizes(Accumulator):
+    """The (H, W) model input of every analysed image: ``compute`` gives the distinct sizes and counts."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.add_state("hw", torch.zeros(0, 2, dtype=torch.int64), "cat")
+
+    def update(self, hw: tuple[int, int], n: int) -> None:
+        self._add("hw", torch.tensor([hw] * n, dtype=torch.int64).view(-1, 2))
+
+    def compute(self) -> dict[str, torch.Tensor]:
+        sizes, counts = torch.unique(self.state("hw"), dim=0, return_counts=True)
+        return {"sizes": sizes, "counts": counts}
+
+
+def make_accumulators(n_layers: int, n_heads: int, has_cls: bool) -> dict[str, Accumulator]:
+    """The dataset statistics of a run (fresh, empty)."""
+    accs: dict[str, Accumulator] = {
+        name: Moments((n_layers, n_heads)) for name in HEAD_METRICS if has_cls or name not in CLS_METRICS
+    }
+    for name in ("entropy_cls_map", "token_norm_max_over_median"):
+        if has_cls or name not in CLS_METRICS:
+            accs[name] = Moments((n_layers,))
+    accs["artifacts"] = ArtifactCounts(n_layers)
+    accs["input_hw"] = _InputSizes()
+    if has_cls:
+        accs["spread"] = SpreadLevels()
+    return accs
+
+
+def flat_states(accs: dict[str, Accumulator]) -> dict[str, torch.Tensor]:
+    return {f"{name}.{key}": value for name, acc in accs.items() for key, value in acc.state_dict().items()}
+
+
+def merge_flat(accs: dict[str, Accumulator], flat: dict[str, torch.Tensor]) -> None:
+    for name, acc in accs.items():
+        acc.merge({key.split(".", 1)[1]: value for key, value in flat.items() if key.split(".", 1)[0] == name})
+
+
+def probe_pixels(model: VitModel, pixels: torch.Tensor, opts: AnalyzeOptions) -> tuple[dict[str, torch.Tensor], dict]:
+    """One forward pass over pixels (B, 3, H, W): per-image metrics and the artifact counts.
+
+    Returns ({metric: (L, B, heads) or (L, B) float64}, counts from ``artifact_counts``) and adds
+    ``layout`` to the counts dict under the key ``"layout"``.
+    """
+    reducers = {
+        "mean_attention_distance": distance_reducer(renormalize=False),
+        "mean_attention_distance_renormalized": distance_reducer(renormalize=True),
+        "entropy_rows": rows_entropy_reducer,
+    }
+    cap = model.capture_pixels(
+        pixels, fuse=(), full_layers=(), reducers=reducers, token_norms=True, batch_size=pixels.shape[0]
+    )
+    layout = cap.layout
+    metrics = {name: cap.reduced[name].double() for name in reducers}
+    head_mean = None
+    if cap.cls is not None:
+        metrics["entropy_cls"] = cls_entropy(cap.cls).double()
+        head_mean = cls_maps(cap.cls, layout).mean(dim=2)  # (L, B, H, W)
+        metrics["entropy_cls_map"] = map_entropy(head_mean).double()
+    counts = artifact_counts(cap.token_norms, layout, head_mean, opts.outlier_ratio, opts.peak_ratio)
+    n = layout.n_patches
+    metrics["token_norm_outlier_share"] = counts["outliers"].double() / n
+    metrics["token_norm_max_over_median"] = counts["max_over_median"]
+    if head_mean is not None:
+        metrics["cls_isolated_peak_share"] = counts["peaks"].double() / n
+        outliers = counts["outliers"].double()
+        metrics["outliers_in_cls_peaks_share"] = torch.where(
+            outliers > 0, counts["outlier_peaks"].double() / outliers.clamp_min(1), torch.nan
+        )
+    counts["layout"] = layout
+    return metrics, counts
+
+
+def long_records(names: Sequence[str], layers: Sequence[int], metrics: dict[str, torch.Tensor]) -> dict[str, list]:
+    """Per-image metrics {name: (L, B, heads) or (L, B)} -> long columns image, layer, head, metric, value.
+
+    Rows run image by image, then metric (in the module table's order), layer, head.
+    """
+    cols: dict[str, list] = {key: [] for key in RECORD_COLUMNS}
+    order = [m for m in (*HEAD_METRICS, *LAYER_METRICS) if m in metrics]
+    for b, image in enumerate(names):
+        for metric in order:
+            values = metrics[metric][:, b]
+            per_head = values.ndim == 2
+            flat = values.reshape(-1).tolist()
+            n_heads = values.shape[1] if per_head else 1
+            for k, value in enumerate(flat):
+                layer_pos, head = divmod(k, n_heads)
+                cols["image"].append(image)
+                cols["layer"].append(layers[layer_pos])
+                cols["head"].append(head if per_head else None)
+                cols["metric"].append(metric)
+                cols["value"].append(value)
+    return cols
+
+
+def update_accumulators(
+    accs: dict[str, Accumulator], metrics: dict[str, torch.Tensor], counts: dict, indices: list[int], spread_pos: int
+) -> None:
+    for name, acc in accs.items():
+        if isinstance(acc, Moments):
+            acc.update(metrics[name].transpose(0, 1))  # (B, L, ...)
+    layout = counts["layout"]
+    accs["artifacts"].update(counts, layout.n_patches)
+    accs["input_hw"].update(layout.input_hw, len(indices))
+    if "spread" in accs:
+        accs["spread"].update(torch.tensor(indices), metrics["entropy_cls_map"][spread_pos])
+
+
+def manifest_for(model: VitModel, images: list[Path], opts: AnalyzeOptions, ranks: Ranks) -> dict:
+    """What must stay the same for a resumed run to continue this one."""
+    listing = hashlib.sha256("\n".join(map(str, images)).encode()).hexdigest()
+    kept = {k: v for k, v in asdict(opts).items() if k not in ("workers", "progress")}
+    kept["size"] = list(opts.size) if opts.size else None
+    return {
+        "format": "vitprobe-analyze-1",
+        "model": model.name,
+        "preprocess": model.preprocess.to_dict(),
+        "images": len(images),
+        "images_sha256": listing,
+        "world_size": ranks.world,
+        **kept,
+    }
+
+
+def _peak_rss_mb() -> float:
+    """Peak resident memory of this process (ru_maxrss is in KiB on Linux)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def run_shard(
+    model: VitModel, images: list[Path], store: RunStore, opts: AnalyzeOptions, ranks: Ranks
+) -> dict:
+    """Analyse this rank's unfinished batches; returns timing facts of this session for this rank."""
+    spec = model.preprocess.with_size(opts.size) if opts.size else model.preprocess
+    n_batches = math.ceil(len(images) / opts.batch_size)
+    done = store.done_batches(ranks.world)
+    todo = []
+    for b in range(ranks.rank, n_batches, ranks.world):
+        if b not in done:
+            start = b * opts.batch_size
+            todo.append((b, list(enumerate(images[start : start + opts.batch_size], start))))
+    mine = sum(len(images[b * opts.batch_size : (b + 1) * opts.batch_size])
+               for b in range(ranks.rank, n_batches, ranks.world))
+    left = sum(len(members) for _, members in todo)
+    spread_pos = model.resolve_layers([opts.spread_layer])[0]
+    loader = DataLoader(
+        _BatchLoader(todo, spec, model.patch_size), batch_size=None, shuffle=False, num_workers=opts.workers,
+    )
+    desc = "analyze" if not ranks.distributed else f"analyze rank {ranks.rank}/{ranks.world}"
+    bar = tqdm(total=mine, initial=mine - left, desc=desc, unit="image", disable=not opts.progress,
+               position=ranks.rank if ranks.distributed else None)
+    layers = list(range(model.num_layers))
+    processed, start = 0, time.perf_counter()
+    with bar:
+        for index, loaded, failures in loader:
+            accs = make_accumulators(model.num_layers, model.num_heads, "cls" in model.prefix_names)
+            columns: dict[str, list] = {key: [] for key in RECORD_COLUMNS}
+            by_size: dict[tuple[int, int], list[tuple[int, torch.Tensor]]] = {}
+            for image_index, pixels in loaded:
+                by_size.setdefault(tuple(pixels.shape[-2:]), []).append((image_index, pixels))
+            for group in by_size.values():
+                indices = [i for i, _ in group]
+                metrics, counts = probe_pixels(model, torch.stack([p for _, p in group]), opts)
+                update_accumulators(accs, metrics, counts, indices, spread_pos)
+                part = long_records([str(images[i]) for i in indices], layers, metrics)
+                for key in columns:
+                    columns[key].extend(part[key])
+            store.write_batch(ranks.rank, ranks.world, index, columns, failures, flat_states(accs))
+            processed += len(loaded) + len(failures)
+            bar.update(len(loaded) + len(failures))
+    elapsed = time.perf_counter() - start
+    return {"rank": ranks.rank, "images": processed, "seconds": elapsed, "peak_rss_mb": _peak_rss_mb()}
+
+
+def _clean(value):
+    """Tensors to lists, NaN to None, for JSON."""
+    if isinstance(value, torch.Tensor):
+        value = value.tolist()
+    if isinstance(value, float):
+        return None if math.isnan(value) else value
+    if isinstance(value, list):
+        return [_clean(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _clean(v) for k, v in value.items()}
+    return value
+
+
+def finalize(model: VitModel, images: list[Path], store: RunStore, opts: AnalyzeOptions, world: int) -> dict:
+    """Merge every finished batch in global order into records.parquet, failures.csv, aggregates.json."""
+    import pyarrow as pa
+
+    accs = make_accumulators(model.num_layers, model.num_heads, "cls" in model.prefix_names)
+    tables, failures = [], []
+    for _, folder in store.iter_batches(world):
+        table, batch_failures, states = store.read_batch(folder)
+        tables.append(table)
+        failures.extend(batch_failures)
+        merge_flat(accs, states)
+    records = pa.concat_tables(tables) if tables else records_table({k: [] for k in RECORD_COLUMNS})
+    atomic_write_bytes(store.root / "records.parquet", table_bytes(records))
+    write_failures_csv(store.root / "failures.csv", failures)
+    aggregates = aggregate_summary(model, images, accs, failures, opts)
+    atomic_write_text(store.root / "aggregates.json", json.dumps(aggregates, indent=1))
+    return aggregates
+
+
+def aggregate_summary(
+    model: VitModel, images: list[Path], accs: dict[str, Accumulator], failures: list, opts: AnalyzeOptions
+) -> dict:
+    """The dataset aggregates as a JSON-ready dict."""
+    sizes = accs["input_hw"].compute()
+    input_sizes = [{"input_hw": hw, "images": n} for hw, n in zip(sizes["sizes"].tolist(), sizes["counts"].tolist(),
+                                                                     strict=True)]
+    metrics = {}
+    for name, acc in accs.items():
+        if isinstance(acc, Moments):
+            stats = acc.compute()
+            metrics[name] = {"shape": "(layers, heads)" if len(acc.shape) == 2 else "(layers,)",
+                             "mean": stats["mean"], "std": stats["std"], "images": int(stats["count"])}
+    out = {
+        "model": model.describe(),
+        "images": {"listed": len(images), "analysed": int(accs["artifacts"].state("images")),
+                   "failed": len(failures)},
+        "input_sizes": input_sizes,
+        "layers": list(range(model.num_layers)),
+        "metrics": metrics,
+        "artifacts": {"outlier_ratio": opts.outlier_ratio, "peak_ratio": opts.peak_ratio,
+                      **{k: v for k, v in accs["artifacts"].compute().items() if k != "images"}},
+    }
+    if input_sizes:
+        grid = model.layout(tuple(input_sizes[0]["input_hw"]))
+        out["distance_bound_px"] = distance_bound(grid)
+        out["entropy_max_nats"] = {"row": math.log(grid.n_tokens), "map": math.log(grid.n_patches)}
+    if "spread" in accs:
+        spread = accs["spread"].compute()
+        levels: dict[str, list] = {}
+        for index, value, level in zip(spread["index"].tolist(), spread["value"].tolist(), spread["level"].tolist(),
+                                       strict=True):
+            levels.setdefault(str(level), []).append({"image": str(images[index]), "entropy_cls_map": value})
+        out["spread_levels"] = {
+            "metric": "entropy_cls_map",
+            "layer": model.resolve_layers([opts.spread_layer])[0],
+            "edges": spread["edges"],
+            "levels": {k: levels[k] for k in sorted(levels)},
+        }
+    return _clean(out)
+
+
+def run_analysis(
+    model: VitModel, images: list[Path], out: Path, opts: AnalyzeOptions, ranks: Ranks | None = None
+) -> dict | None:
+    """Analyse ``images`` into ``out`` (resuming what a previous run of the same command finished).
+
+    Every rank runs its shard; rank 0 then merges all parts and returns the aggregates, with this
+    session's ``timing`` (images/s, peak memory per rank) added; other ranks return None.
+    """
+    ranks = ranks or Ranks()
+    if opts.batch_size < 1:
+        raise ValueError(f"batch size must be at least 1, got {opts.batch_size}")
+    images = images[: opts.limit] if opts.limit is not None else list(images)
+    store = RunStore(out)
+    manifest = manifest_for(model, images, opts, ranks)
+    if ranks.rank == 0:
+        store.claim(manifest)
+    barrier(ranks)
+    if ranks.rank != 0:
+        store.claim(manifest)  # written by rank 0: only checks
+    store.clean_partial(ranks.rank, ranks.world)
+    timing = run_shard(model, images, store, opts, ranks)
+    atomic_write_text(store.part_dir(ranks.rank, ranks.world) / "timing.json", json.dumps(timing))
+    barrier(ranks)
+    if ranks.rank != 0:
+        return None
+    aggregates = finalize(model, images, store, opts, ranks.world)
+    per_rank = [json.loads((store.part_dir(r, ranks.world) / "timing.json").read_text()) for r in range(ranks.world)]
+    seconds = max(t["seconds"] for t in per_rank)
+    done = sum(t["images"] for t in per_rank)
+    aggregates["timing"] = {
+        "images_this_session": done,
+        "seconds": seconds,
+        "images_per_second": done / seconds if seconds > 0 else None,
+        "peak_rss_mb_per_rank": [t["peak_rss_mb"] for t in per_rank],
+    }
+    return aggregates
