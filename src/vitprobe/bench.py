@@ -1,0 +1,562 @@
+"""Attention analysis side by side with the plain forward pass: speed, peak memory and equal maps.
+
+Every measurement runs in a fresh child process, so each method's peak memory is its own (and
+capped with RLIMIT_AS on CPU); inside it the method and the plain forward are timed back to back,
+round after round, so a ratio compares runs under the same load of a shared machine. The parent
+compares the maps the children saved and prints one table per model, size and batch. The
+methods, on the same random weights and inputs:
+
+- ``plain`` (a): the model's fused (SDPA) forward without attention output: the limit;
+- ``seed``  (b): eager attention with ``output_attentions=True``; in numpy the per-head CLS rows,
+  the head mean and rollout as products of full T×T matrices, O(L·T³);
+- ``hooks`` (c): vit-explain style: forward hooks keep every layer's probabilities under eager
+  attention, then a torch rollout loop over full T×T matrices, O(L·T³);
+- ``cls``   (d): vitprobe, CLS family: per-head CLS maps of all layers (fused kernel kept, CLS
+  query row recomputed from the hooked q/k), head fusion mean/max/min, layer aggregation and
+  the entropy of every CLS row;
+- ``full``  (d): vitprobe, the CLS family plus rollout, mean attention distance and the entropy
+  of every attention row (attention streamed in cache-sized row blocks, rollout carried as the
+  CLS row from the top layer down, O(L·T²)).
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import os
+import platform
+import re
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from .analysis.fast import MeanDistance, RowEntropy, rollout_cls, row_entropy
+from .analysis.maps import FUSIONS, aggregate_layers, cls_maps, fuse_heads
+from .capture import Capture, CaptureError
+from .io.preprocess import PreprocessSpec
+from .models.base import VitModel
+
+GB = 1e9
+METHODS = ("plain", "seed", "hooks", "cls", "full")
+LABELS = {
+    "plain": "(a) plain fused forward",
+    "seed": "(b) seed: eager + output_attentions, numpy",
+    "hooks": "(c) vit-explain-style hooks",
+    "cls": "(d) vitprobe CLS family",
+    "full": "(d) vitprobe full",
+}
+EAGER = ("seed", "hooks")
+COMPARED = {"cls": 1, "rollout": 0}  # map name -> its batch dimension
+RUNTIME_BYTES = int(1.0 * GB)  # Python, torch and its thread pools, before any tensor
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """A ViT-family architecture built with random weights: speed does not depend on their values.
+
+    ``init_std`` 0.05 (instead of transformers' 0.02) makes the attention peaked rather than
+    almost uniform, so that equal maps are a real check.
+    """
+
+    name: str
+    family: str  # "vit" (ViTModel) or "dinov2" (Dinov2Model)
+    hidden: int
+    layers: int
+    heads: int
+    patch: int
+    image: int
+    init_std: float = 0.05
+
+    @property
+    def label(self) -> str:
+        return f"{self.name} ({self.image} px)"
+
+    @property
+    def n_tokens(self) -> int:
+        return (self.image // self.patch) ** 2 + 1
+
+    @property
+    def n_params(self) -> int:
+        """Encoder weights (12·D² per layer) plus patch projection and position table."""
+        d = self.hidden
+        return self.layers * 12 * d * d + 3 * self.patch**2 * d + self.n_tokens * d
+
+    def build(self, attn_implementation: str, device: torch.device, dtype: torch.dtype) -> VitModel:
+        """The model with seeded random weights, wrapped for capture."""
+        import transformers
+
+        from .models.hf import wrap
+
+        common = dict(
+            hidden_size=self.hidden, num_hidden_layers=self.layers, num_attention_heads=self.heads,
+            patch_size=self.patch, image_size=self.image, initializer_range=self.init_std,
+        )
+        torch.manual_seed(0)
+        if self.family == "vit":
+            config = transformers.ViTConfig(intermediate_size=4 * self.hidden, **common)
+            module = transformers.ViTModel(config, add_pooling_layer=False)
+        else:
+            module = transformers.Dinov2Model(transformers.Dinov2Config(mlp_ratio=4, **common))
+        module.set_attn_implementation(attn_implementation)
+        module.to(device, dtype)
+        spec = PreprocessSpec(mean=(0.5,) * 3, std=(0.5,) * 3, resize_hw=(self.image, self.image))
+        return wrap(module, self.name, spec)
+
+
+MODELS = {
+    spec.name: spec
+    for spec in (
+        ModelSpec("ViT-B/16", "vit", hidden=768, layers=12, heads=12, patch=16, image=224),
+        ModelSpec("DINOv2-S/14", "dinov2", hidden=384, layers=12, heads=6, patch=14, image=518),
+        ModelSpec("DINOv2-L/14", "dinov2", hidden=1024, layers=24, heads=16, patch=14, image=518),
+    )
+}
+
+
+def inputs(spec: ModelSpec, batch: int, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+    """Random pixels (B, 3, S, S); image i is the same for every batch size."""
+    images = [
+        torch.randn(3, spec.image, spec.image, generator=torch.Generator().manual_seed(1000 + i))
+        for i in range(batch)
+    ]
+    return torch.stack(images).to(device, dtype)
+
+
+# --- the workloads: (model, pixels (B, 3, H, W)) -> named maps -------------------------------
+
+
+def run_plain(vit: VitModel, pixels: torch.Tensor) -> dict[str, torch.Tensor]:
+    """(a) The forward alone."""
+    with torch.no_grad():
+        vit.forward(pixels)
+    return {}
+
+
+def run_seed(vit: VitModel, pixels: torch.Tensor) -> dict[str, torch.Tensor]:
+    """(b) output_attentions=True, then numpy: per-head CLS rows (L, B, heads, T), rollout (B, T)."""
+    layout = vit.layout(tuple(pixels.shape[-2:]))
+    with torch.no_grad():
+        out = vit.module(pixel_values=pixels, output_attentions=True)
+    if not out.attentions:
+        raise CaptureError("output_attentions returned no attention: the model is not running eager attention")
+    attentions = [a.float().cpu().numpy() for a in out.attentions]  # L × (B, heads, T, T)
+    cls, t = layout.cls_index, layout.n_tokens
+    joint = None
+    for attn in attentions:
+        aug = attn.mean(axis=1) + np.eye(t, dtype=np.float32)  # head mean + residual
+        aug /= aug.sum(axis=-1, keepdims=True)
+        joint = aug if joint is None else aug @ joint  # (B, T, T) @ (B, T, T)
+    return {
+        "cls": torch.from_numpy(np.stack([attn[:, :, cls] for attn in attentions])),
+        "rollout": torch.from_numpy(joint[:, cls]),
+    }
+
+
+def run_hooks(vit: VitModel, pixels: torch.Tensor) -> dict[str, torch.Tensor]:
+    """(c) Hooks keep each layer's probabilities (B, heads, T, T); rollout (B, T) over full matrices."""
+    layout = vit.layout(tuple(pixels.shape[-2:]))
+    owners = [m for m in vit.module.modules() if isinstance(getattr(m, "q_proj", None), nn.Linear)]
+    kept: list[torch.Tensor] = []
+    handles = [m.register_forward_hook(lambda _m, _i, out: kept.append(out[1])) for m in owners]
+    try:
+        with torch.no_grad():
+            vit.module(pixel_values=pixels)
+    finally:
+        for handle in handles:
+            handle.remove()
+    if len(kept) != vit.num_layers or any(p is None for p in kept):
+        raise CaptureError("attention hooks saw no probabilities: the model is not running eager attention")
+    eye = torch.eye(layout.n_tokens, device=pixels.device)
+    joint = eye
+    with torch.no_grad():
+        for attn in kept:
+            a = (attn.float().mean(dim=1) + eye) / 2
+            a = a / a.sum(dim=-1, keepdim=True)
+            joint = torch.matmul(a, joint)
+    return {"rollout": joint[:, layout.cls_index].cpu()}
+
+
+def cls_family(cap: Capture) -> dict[str, torch.Tensor]:
+    """Per-head CLS maps of every layer, head fusions, layer aggregations and CLS-row entropy."""
+    per_head = cls_maps(cap.cls, cap.layout)  # (L, B, heads, H, W)
+    out = {"cls": cap.cls, "cls_entropy": row_entropy(cap.cls)}  # (L, B, heads, T), (L, B, heads)
+    for how in FUSIONS:
+        out[f"heads_{how}"] = fuse_heads(per_head, how, dim=2)  # (L, B, H, W)
+        out[f"layers_{how}"] = aggregate_layers(out["heads_mean"], how)  # (B, H, W)
+    return out
+
+
+def run_cls(vit: VitModel, pixels: torch.Tensor) -> dict[str, torch.Tensor]:
+    """(d) CLS family: only the CLS query row of each layer is recomputed."""
+    return cls_family(vit.capture_pixels(pixels, fuse=(), full_layers=(), batch_size=len(pixels)))
+
+
+def run_full(vit: VitModel, pixels: torch.Tensor) -> dict[str, torch.Tensor]:
+    """(d) full: CLS family, rollout (B, T), distance (L, B, heads), entropy of every row (L, B, heads, T)."""
+    reducers = {"entropy": RowEntropy(), "distance": MeanDistance()}
+    cap = vit.capture_pixels(pixels, fuse=("mean",), full_layers=(), reducers=reducers, batch_size=len(pixels))
+    out = cls_family(cap)
+    out["rollout"] = rollout_cls(cap.fused["mean"], cap.layout)
+    out["distance"] = cap.reduced["distance"]
+    out["entropy"] = cap.reduced["entropy"]
+    return out
+
+
+WORKLOADS: dict[str, Callable[[VitModel, torch.Tensor], dict[str, torch.Tensor]]] = {
+    "plain": run_plain, "seed": run_seed, "hooks": run_hooks, "cls": run_cls, "full": run_full,
+}
+
+
+# --- memory ------------------------------------------------------------------------------------
+
+
+def attention_bytes(spec: ModelSpec, batch: int) -> int:
+    """All layers × heads × T × T in float32: what output_attentions (or hooks) keep for a batch."""
+    return spec.layers * batch * spec.heads * spec.n_tokens**2 * 4
+
+
+def estimate_bytes(spec: ModelSpec, batch: int, method: str, itemsize: int = 4) -> int:
+    """Rough peak memory of one method: runtime, weights, activations and what the method keeps.
+
+    seed/hooks keep every layer's (B, heads, T, T) plus eager's per-layer temporaries; full keeps
+    the head-mean (L, B, T, T) for rollout, twice while the capture concatenates its batches.
+    """
+    t = spec.n_tokens
+    base = RUNTIME_BYTES + spec.n_params * itemsize + 12 * batch * t * spec.hidden * itemsize
+    layer = batch * spec.heads * t * t * 4
+    if method in EAGER:
+        return base + attention_bytes(spec, batch) + 2 * layer + 4 * batch * t * t * 4
+    if method == "full":
+        return base + 2 * spec.layers * batch * t * t * 4
+    return base
+
+
+def rss_bytes(field_name: str) -> int:
+    """VmRSS / VmHWM of this process from /proc (bytes)."""
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(field_name + ":"):
+                return int(line.split()[1]) * 1024
+    raise RuntimeError(f"{field_name} missing from /proc/self/status")
+
+
+def reset_peak(device: torch.device) -> None:
+    """Start peak-memory tracking here: VmHWM reset through clear_refs, or the CUDA peak counter."""
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    else:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+
+
+def peak_bytes(device: torch.device) -> int:
+    return torch.cuda.max_memory_allocated(device) if device.type == "cuda" else rss_bytes("VmHWM")
+
+
+# --- one measurement in a child process ------------------------------------------------------
+
+
+def run_child(job: dict) -> dict:
+    """Measure one method in this process and save its maps to ``maps_path``.
+
+    After a one-image warm-up, each round times the method and the plain forward back to back
+    (alternating which goes first), so every ratio compares runs under the same machine load;
+    rounds stop after ``repeats`` or once a single run took longer than ``long_s``. Peak memory
+    covers the rounds, whose plain runs never hold more than the method's.
+    """
+    device, dtype = torch.device(job["device"]), getattr(torch, job["dtype"])
+    if device.type == "cpu" and job["cap_bytes"]:
+        resource.setrlimit(resource.RLIMIT_AS, (job["cap_bytes"], job["cap_bytes"]))
+    spec, method = ModelSpec(**job["spec"]), job["method"]
+    vit = spec.build("eager" if method in EAGER else "sdpa", device, dtype)
+    pixels = inputs(spec, job["batch"], device, dtype)
+    names = (method,) if method == "plain" else (method, "plain")
+
+    def timed(name: str, x: torch.Tensor) -> tuple[float, dict[str, torch.Tensor]]:
+        vit.module.set_attn_implementation("eager" if name in EAGER else "sdpa")
+        start = time.perf_counter()
+        out = WORKLOADS[name](vit, x)
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        return time.perf_counter() - start, out
+
+    for name in names:
+        timed(name, pixels[:1])
+    baseline = torch.cuda.memory_allocated(device) if device.type == "cuda" else rss_bytes("VmRSS")
+    reset_peak(device)
+    load = [os.getloadavg()[0]]
+    times: dict[str, list[float]] = {name: [] for name in names}
+    maps: dict[str, torch.Tensor] = {}
+    for i in range(job["repeats"]):
+        for name in names if i % 2 == 0 else names[::-1]:
+            seconds, out = timed(name, pixels)
+            times[name].append(seconds)
+            if name == method:
+                maps = out
+            del out
+        if max(max(t) for t in times.values()) > job["long_s"]:
+            break
+    peak = peak_bytes(device)
+    load.append(os.getloadavg()[0])
+    torch.save({name: m.detach().float().cpu() for name, m in maps.items()}, job["maps_path"])
+    ratios = [p / m for p, m in zip(times["plain"], times[method], strict=True)]
+    return {"times": times[method], "plain_times": times["plain"], "ratios": ratios, "peak_bytes": peak,
+            "baseline_bytes": baseline, "load": load}
+
+
+# --- the parent: measurements, comparisons, table ----------------------------------------------
+
+
+@dataclass
+class Measurement:
+    """One method on one model/size/batch/dtype.
+
+    ``seconds``: best time per batch; ``ratio``: median over rounds of plain time / method time,
+    each round timing both back to back; ``peak_bytes``: peak RSS (CPU) or CUDA allocation.
+    """
+
+    method: str
+    seconds: float | None = None
+    ratio: float | None = None
+    runs: int = 0
+    peak_bytes: int | None = None
+    baseline_bytes: int | None = None
+    load: list[float] = field(default_factory=list)
+    note: str = ""
+    maps_path: Path | None = None
+    max_abs_diff: float | None = None
+
+
+@dataclass
+class Config:
+    """What to run: models, batch sizes, device and dtypes, rounds and the memory cap of a child."""
+
+    models: Sequence[ModelSpec] = tuple(MODELS.values())
+    batches: Sequence[int] = (1, 8)
+    device: str = "cpu"
+    dtypes: Sequence[str] = ("float32",)
+    methods: Sequence[str] = METHODS
+    repeats: int = 3
+    long_s: float = 30.0
+    cap_bytes: int = int(20 * 2**30)
+    timeout_s: float = 3600.0
+    workdir: Path | None = None  # where children save their maps; a temporary folder when None
+
+
+def measure(spec: ModelSpec, batch: int, method: str, dtype: str, cfg: Config, workdir: Path) -> Measurement:
+    """Run one method in a child process; a run that cannot fit under the cap is not started."""
+    need = estimate_bytes(spec, batch, method, torch.finfo(getattr(torch, dtype)).bits // 8)
+    if cfg.device == "cpu" and need > cfg.cap_bytes:
+        held = attention_bytes(spec, batch) if method in EAGER else need
+        return Measurement(method, note=f"OOM: needs ≈ {need / GB:.1f} GB (attention kept: {held / GB:.1f} GB)"
+                           f" > cap {cfg.cap_bytes / 2**30:.0f} GiB; not run")
+    maps_path = workdir / f"{spec.name.replace('/', '_')}_{batch}_{dtype}_{method}.pt"
+    job = {
+        "spec": asdict(spec), "batch": batch, "method": method, "device": cfg.device, "dtype": dtype,
+        "repeats": cfg.repeats, "long_s": cfg.long_s, "cap_bytes": cfg.cap_bytes, "maps_path": str(maps_path),
+    }
+    cmd = [sys.executable, "-m", "vitprobe.bench", "--child", json.dumps(job)]
+    try:
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=cfg.timeout_s)
+    except subprocess.TimeoutExpired:
+        return Measurement(method, note=f"timed out after {cfg.timeout_s:.0f} s")
+    if proc.returncode != 0:
+        tail = (proc.stderr.strip().splitlines() or ["no output"])[-1]
+        oom = "can't allocate memory" in proc.stderr or "MemoryError" in proc.stderr or proc.returncode == -9
+        what = f"OOM under the {cfg.cap_bytes / 2**30:.0f} GiB cap (estimate {need / GB:.1f} GB)" if oom else "failed"
+        return Measurement(method, note=f"{what}: {tail[:160]}")
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    return Measurement(
+        method, seconds=min(result["times"]), ratio=statistics.median(result["ratios"]), runs=len(result["times"]),
+        peak_bytes=result["peak_bytes"], baseline_bytes=result["baseline_bytes"], load=result["load"],
+        maps_path=maps_path,
+    )
+
+
+def max_abs_diff(maps: dict[str, torch.Tensor], reference: dict[str, torch.Tensor]) -> float | None:
+    """Largest |difference| over the compared maps both hold, on the images both hold."""
+    diffs = []
+    for name, dim in COMPARED.items():
+        if name in maps and name in reference:
+            n = min(maps[name].shape[dim], reference[name].shape[dim])
+            a, b = maps[name].narrow(dim, 0, n), reference[name].narrow(dim, 0, n)
+            diffs.append((a.double() - b.double()).abs().max().item())
+    return max(diffs) if diffs else None
+
+
+def compare(results: list[Measurement], reference: dict[str, torch.Tensor] | None) -> None:
+    """Fill ``max_abs_diff`` of every method against the reference maps (seed's, or hooks')."""
+    for m in results:
+        if m.maps_path is not None and reference is not None and m.method != "plain":
+            m.max_abs_diff = max_abs_diff(torch.load(m.maps_path, weights_only=True), reference)
+
+
+def reference_maps(results: list[Measurement]) -> dict[str, torch.Tensor] | None:
+    """The maps of (b), else of (c): what the others are compared with."""
+    for method in EAGER:
+        for m in results:
+            if m.method == method and m.maps_path is not None:
+                return torch.load(m.maps_path, weights_only=True)
+    return None
+
+
+def machine() -> str:
+    """One line on the hardware and software the numbers come from."""
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            names = re.findall(r"model name\s*:\s*(.*)", f.read())
+        cpu = names[0] if names else cpu
+    except OSError:
+        pass
+    import transformers
+
+    mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
+    return (f"{cpu}, {os.cpu_count()} cores, {mem:.0f} GiB RAM, torch {torch.__version__} "
+            f"({torch.get_num_threads()} threads), transformers {transformers.__version__}, Python "
+            f"{platform.python_version()}, {time.strftime('%Y-%m-%d %H:%M')}")
+
+
+def format_rows(spec: ModelSpec, batch: int, dtype: str, results: list[Measurement]) -> list[str]:
+    """Markdown rows: images/s, × (a), × (b), peak memory, max |Δ| vs the reference, rounds, load."""
+    seed = next((m for m in results if m.method == "seed" and m.ratio), None)
+    rows = []
+    for m in results:
+        if m.seconds is None:
+            rows.append(f"| {spec.label} | {batch} | {dtype} | {LABELS[m.method]} | {m.note} | | | | | | |")
+            continue
+        vs_seed = f"{m.ratio / seed.ratio:.2f}" if seed else "–"
+        diff = "–" if m.max_abs_diff is None else f"{m.max_abs_diff:.1e}"
+        load = "–" if not m.load else f"{max(m.load):.1f}"
+        rows.append(
+            f"| {spec.label} | {batch} | {dtype} | {LABELS[m.method]} | {batch / m.seconds:.2f} | {m.ratio:.2f} | "
+            f"{vs_seed} | {m.peak_bytes / GB:.2f} | {diff} | {m.runs} | {load} |"
+        )
+    return rows
+
+
+HEADER = (
+    "| model | batch | dtype | method | images/s | × (a) | × (b) | peak {mem} (GB) | max abs diff vs (b) | rounds "
+    "| load |\n|---|---|---|---|---|---|---|---|---|---|---|"
+)
+
+
+def check_targets(table: dict[tuple[str, int, str], dict[str, Measurement]], device: str) -> list[str]:
+    """The issue's targets at batch 8, each as a line saying met or missed, with the numbers."""
+    cls_min, full_min = (0.90, 0.70) if device == "cpu" else (0.95, 0.85)
+    lines = []
+    for (name, batch, dtype), by in table.items():
+        if batch != 8:
+            continue
+        for method, goal in (("cls", cls_min), ("full", full_min)):
+            m = by.get(method)
+            if m is None or m.ratio is None or (method == "full" and device == "cpu" and name != "DINOv2-S/14"):
+                continue
+            lines.append(f"- {name} b{batch} {dtype} {method}: {m.ratio:.2f}× (a), target ≥ {goal:.2f}: "
+                         f"{'met' if m.ratio >= goal else 'MISSED'}")
+        seed, full = by.get("seed"), by.get("full")
+        if device == "cpu" and name == "DINOv2-S/14" and seed and full and seed.ratio and full.ratio:
+            ratio = full.ratio / seed.ratio
+            verdict = "met" if ratio >= 4 else "MISSED"
+            lines.append(f"- {name} b{batch} full vs (b): {ratio:.2f}× faster, target ≥ 4: {verdict}")
+    return lines
+
+
+def run_benchmark(cfg: Config, echo: Callable[[str], None] = print) -> str:
+    """Measure every model × batch × dtype × method; return the markdown report (also echoed row by row)."""
+    mem = "RSS" if cfg.device == "cpu" else "CUDA allocated"
+    lines = [f"Machine: {machine()}; load average at start {os.getloadavg()[0]:.1f}.", "",
+             HEADER.format(mem=mem)]
+    echo("\n".join(lines))
+    table: dict[tuple[str, int, str], dict[str, Measurement]] = {}
+    references: dict[tuple[str, str], dict[str, torch.Tensor]] = {}
+    with tempfile.TemporaryDirectory(prefix="vitprobe_bench_") as tmp:
+        workdir = cfg.workdir or Path(tmp)
+        workdir.mkdir(parents=True, exist_ok=True)
+        for spec, dtype, batch in itertools.product(cfg.models, cfg.dtypes, sorted(cfg.batches)):
+            results = [measure(spec, batch, method, dtype, cfg, workdir) for method in cfg.methods]
+            reference = reference_maps(results)
+            if reference is not None:
+                references.setdefault((spec.name, dtype), reference)
+            compare(results, reference or references.get((spec.name, dtype)))
+            rows = format_rows(spec, batch, dtype, results)
+            lines += rows
+            echo("\n".join(rows))
+            table[(spec.name, batch, dtype)] = {m.method: m for m in results}
+    targets = check_targets(table, cfg.device)
+    lines += ["", f"Load average at end {os.getloadavg()[0]:.1f}.", "", "Targets:", *targets]
+    echo("\n".join(lines[-len(targets) - 4:]))
+    return "\n".join(lines)
+
+
+def update_results(path: Path, device: str, report: str) -> None:
+    """Replace the text between ``<!-- bench:DEVICE:begin -->`` and ``<!-- bench:DEVICE:end -->`` in ``path``."""
+    begin, end = f"<!-- bench:{device}:begin -->", f"<!-- bench:{device}:end -->"
+    text = path.read_text() if path.exists() else ""
+    block = f"{begin}\n{report}\n{end}"
+    if begin in text and end in text:
+        text = text[: text.index(begin)] + block + text[text.index(end) + len(end) :]
+    else:
+        text = text.rstrip("\n") + ("\n\n" if text else "") + block + "\n"
+    path.write_text(text)
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--child", help=argparse.SUPPRESS)
+    parser.add_argument("--models", default=",".join(MODELS), help="comma-separated, from: " + ", ".join(MODELS))
+    parser.add_argument("--batches", default="1,8")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--dtypes", default=None, help="default float32 on CPU, float32,float16,bfloat16 on GPU")
+    parser.add_argument("--methods", default=",".join(METHODS))
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--cap-gib", type=float, default=20.0, help="memory cap of each child (RLIMIT_AS)")
+    parser.add_argument("--update", type=Path, default=None, help="write the table into this RESULTS.md")
+    return parser.parse_args(argv)
+
+
+def config_from(args: argparse.Namespace) -> Config:
+    """A Config from command-line values (shared by ``python -m vitprobe.bench`` and ``vitprobe bench``)."""
+    names = [n.strip() for n in args.models.split(",") if n.strip()]
+    unknown = [n for n in names if n not in MODELS]
+    if unknown:
+        raise ValueError(f"unknown model {unknown[0]!r}; choose from {', '.join(MODELS)}")
+    methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+    if set(methods) - set(METHODS):
+        raise ValueError(f"methods must be among {', '.join(METHODS)}, got {args.methods!r}")
+    default_dtypes = "float32" if args.device == "cpu" else "float32,float16,bfloat16"
+    return Config(
+        models=[MODELS[n] for n in names],
+        batches=[int(b) for b in args.batches.split(",")],
+        device=args.device,
+        dtypes=[d.strip() for d in (args.dtypes or default_dtypes).split(",")],
+        methods=methods,
+        repeats=args.repeats,
+        cap_bytes=int(args.cap_gib * 2**30),
+    )
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    args = parse_args(argv)
+    if args.child:
+        print(json.dumps(run_child(json.loads(args.child))))
+        return
+    cfg = config_from(args)
+    report = run_benchmark(cfg)
+    if args.update:
+        update_results(args.update, cfg.device, report)
+
+
+if __name__ == "__main__":
+    main()
