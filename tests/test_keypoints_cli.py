@@ -157,12 +157,13 @@ def test_evaluate_reports_missing_and_mismatched_images_and_scores_the_rest(tiny
     shutil.copy(photos[0], images / "chelsea.png")  # astronaut.png is missing
     Image.open(photos[2]).resize((300, 200)).save(images / "coffee.png")  # not the annotated 400x600
     result = runner.invoke(app, ["evaluate", "--annotations", str(ANNOTATIONS), "--images", str(images),
-                                 "--model", str(tiny_dirs["vit"]), "--short-side", "32", "--draws", "2"])
+                                 "--model", str(tiny_dirs["vit"]), "--short-side", "32", "--draws", "2",
+                                 "--masks", "fused"])
     assert result.exit_code == 1
     errors = result.stderr.strip().splitlines()
     assert len(errors) == 2
     assert "astronaut.png" in errors[0] and "coffee.png" in errors[1] and "annotated as 400x600" in errors[1]
-    assert "1 image;" in result.stdout and "pointing game" in result.stdout
+    assert "1 image;" in result.stdout and "pointing game" in result.stdout and "(fused map)" in result.stdout
 
 
 def test_evaluate_bad_annotations_fail_with_one_line(tiny_dirs, photos, tmp_path):

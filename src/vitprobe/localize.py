@@ -123,9 +123,11 @@ def localize(cap: Capture, source: str = "cls", opts: LocalizeOptions | None = N
 @dataclass(frozen=True)
 class EvalOptions:
     """``source`` map, ``short_side`` of the whole-image input (None: the model's own), ``layer`` of
-    the CLS map, ``draws`` of the random baseline and its ``seed``, ``sigma`` of the centre prior."""
+    the CLS map, ``draws`` of the random baseline and its ``seed``, ``sigma`` of the centre prior;
+    ``masks`` "heads" (DINO: the best head's mask per object) or "fused" (the source map's mask)."""
 
     source: str = "cls"
+    masks: str = "heads"
     short_side: int | None = None
     layer: int = -1
     draws: int = 20
@@ -165,6 +167,8 @@ def evaluate_dataset(
                                 f"{geometry.original_hw[1]} but annotated as {truth.height}x{truth.width}"))
             continue
         fused, candidates = source_maps(cap, opts.source)
+        if opts.masks == "fused":
+            candidates = fused[:, None]
         patch, grid = cap.layout.patch_size, cap.layout.grid_hw
         k = candidates.shape[1]
 

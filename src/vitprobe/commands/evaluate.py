@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 from typing import Annotated
 
@@ -29,17 +28,18 @@ ROWS = (
     ("pck", "PCK@{alpha:g}"),
     ("box_iou", "box IoU (mean)"),
     ("corloc", "CorLoc (IoU >= 0.5)"),
-    ("mask_jaccard", "mask Jaccard (best head)"),
+    ("mask_jaccard", "mask Jaccard ({masks})"),
 )
 HEADERS = {"model": "model", "random": "random map", "centre": "centre Gaussian"}
 
 
-def format_table(summary: dict[str, dict[str, float | None]], alpha: float) -> str:
+def format_table(summary: dict[str, dict[str, float | None]], alpha: float, masks: str = "heads") -> str:
     """The summary as a text table: one row per metric, one column per map (model and baselines)."""
     lines = [f"{'metric':26s}" + "".join(f"{HEADERS[name]:>17s}" for name in BASELINES)]
     for key, label in ROWS:
         cells = [summary[name][key] for name in BASELINES]
-        lines.append(f"{label.format(alpha=alpha):26s}" + "".join(
+        name = label.format(alpha=alpha, masks="best head" if masks == "heads" else "fused map")
+        lines.append(f"{name:26s}" + "".join(
             f"{'n/a' if v is None else f'{v:.3f}':>17s}" for v in cells))
     return "\n".join(lines)
 
@@ -70,6 +70,9 @@ def register(app: typer.Typer) -> None:
         method: Annotated[str, typer.Option(help=f"keypoints and boxes: one of {', '.join(METHODS)}")] = "components",
         threshold: Annotated[str, typer.Option(help="abs:V, rel:F (of max), pct:P or otsu")] = "otsu",
         fraction: Annotated[float, typer.Option(help="mass fraction of the masks (DINO: 0.6)")] = 0.6,
+        masks: Annotated[str, typer.Option(
+            help="heads: best head's mask per object (DINO protocol); fused: the source map's own mask"
+        )] = "heads",
         top_k: Annotated[int, typer.Option(help="keypoints per image for PCK")] = 5,
         alpha: Annotated[float, typer.Option(help="PCK distance as a fraction of the object's longer box side")] = 0.1,
         tolerance: Annotated[float, typer.Option(help="pointing game tolerance in pixels")] = 15.0,
@@ -98,6 +101,8 @@ def register(app: typer.Typer) -> None:
             raise fail(f"--method takes one of {', '.join(METHODS)}, got {method!r}")
         if not 0.0 < fraction <= 1.0 or top_k < 1 or draws < 1 or alpha <= 0 or tolerance < 0:
             raise fail("--fraction must be in (0, 1], --top-k and --draws at least 1, --alpha > 0, --tolerance >= 0")
+        if masks not in ("heads", "fused"):
+            raise fail(f"--masks takes heads or fused, got {masks!r}")
         if not images.is_dir():
             raise fail(f"{images}: not a folder")
         try:
@@ -109,7 +114,8 @@ def register(app: typer.Typer) -> None:
             vit.resolve_layers([layer])
         except ValueError as err:
             raise fail(str(err)) from None
-        opts = EvalOptions(source=source, short_side=short_side, layer=layer, draws=draws, seed=seed, localize=local)
+        opts = EvalOptions(source=source, masks=masks, short_side=short_side, layer=layer, draws=draws, seed=seed,
+                           localize=local)
         errors: list[str] = []
 
         def on_error(err: Exception) -> None:
@@ -119,7 +125,7 @@ def register(app: typer.Typer) -> None:
         def on_image(image: ImageTruth, cap: Capture) -> None:
             figures.mkdir(parents=True, exist_ok=True)
             figure = draw_evaluation(image, localize(cap, source, local)[0], cap)
-            figure.save(figures / f"{Path(image.file_name).stem}.png")
+            figure.save(figures / Path(image.file_name).with_suffix(".png").as_posix().replace("/", "__"))
 
         try:
             report = evaluate_dataset(vit, truth, images, opts, on_error, on_image if figures else None)
@@ -128,17 +134,17 @@ def register(app: typer.Typer) -> None:
         n = len(report["images"])
         typer.echo(f"{vit.name}, source {source}, method {method} ({threshold if method != 'mass' else fraction}), "
                    f"{n} image{'s' * (n != 1)}; random map averaged over {draws} draws")
-        typer.echo(format_table(report["summary"], alpha))
+        typer.echo(format_table(report["summary"], alpha, masks))
         if out is not None:
             report["settings"] = {
                 **vit.describe(), "annotations": str(annotations), "images": str(images), "source": source,
-                "method": method, "threshold": threshold, "fraction": fraction, "top_k": top_k, "alpha": alpha,
-                "tolerance": tolerance, "draws": draws, "seed": seed, "layer": layer, "short_side": short_side,
-                "sigma": opts.sigma, "errors": errors,
+                "method": method, "threshold": threshold, "fraction": fraction, "masks": masks, "top_k": top_k,
+                "alpha": alpha, "tolerance": tolerance, "draws": draws, "seed": seed, "layer": layer,
+                "short_side": short_side, "sigma": opts.sigma, "errors": errors,
             }
             out.parent.mkdir(parents=True, exist_ok=True)
             out.write_text(json.dumps(report, indent=2))
         if errors or n == 0:
             if n == 0:
-                print("vitprobe: error: no annotated image could be evaluated", file=sys.stderr)
+                typer.echo("vitprobe: error: no annotated image could be evaluated", err=True)
             raise typer.Exit(1)
