@@ -143,37 +143,45 @@ def classmap_figure(
     result: ClassMaps, image: int = 0, k: int = 5, title: str = "", cmap: str = "inferno", alpha: float = 0.5,
     upsample: str = "bilinear",
 ) -> Figure:
-    """The map over the image the model saw, with the top-``k`` predictions beside it (target in colour)."""
+    """The map over the image the model saw, with the top-``k`` predictions beside it.
+
+    The target class is drawn in colour, in a row of its own below the others when it is not
+    among the top ``k``. Bars are scaled to the largest probability shown, which is written out.
+    """
     view = result.images[image]
     panel = render.overlay(view, result.maps[image], alpha=alpha, cmap=cmap, upsample=upsample)
-    top = result.top(image, k)
     target = result.targets[image]
-    height_in = 3.2
-    img_w_in = height_in * view.width / view.height
-    bars_w_in = 3.4
-    fig = Figure(figsize=(img_w_in + bars_w_in + 0.3, height_in + 0.4))
-    total_w = img_w_in + bars_w_in + 0.3
-    ax_img = fig.add_axes((0.0, 0.0, img_w_in / total_w, height_in / (height_in + 0.4)))
+    rows = result.top(image, k)
+    if target not in [i for i, _, _ in rows]:
+        rows.append((target, result.label(target), float(result.probs[image, target])))
+    height_in, bars_in, labels_in, gap_in, title_in = 3.2, 1.6, 1.7, 0.15, 0.45
+    img_in = height_in * view.width / view.height
+    width_in = img_in + gap_in + labels_in + bars_in + 0.55
+    fig = Figure(figsize=(width_in, height_in + title_in))
+    ax_img = fig.add_axes((0.0, 0.0, img_in / width_in, height_in / (height_in + title_in)))
     ax_img.imshow(panel)
     ax_img.set_axis_off()
-    ax_img.set_title(f"{result.method}: {result.label(target)} ({target})", fontsize=9)
-    left = (img_w_in + 0.3 + 1.9) / total_w
-    ax_bar = fig.add_axes((left, 0.12, (bars_w_in - 1.9) / total_w, 0.7))
-    names = [_short(label) for _, label, _ in top][::-1]
-    values = [p for _, _, p in top][::-1]
-    colours = ["tab:orange" if i == target else "tab:gray" for i, _, _ in top][::-1]
-    ax_bar.barh(range(len(top)), values, color=colours)
-    ax_bar.set_yticks(range(len(top)), names, fontsize=8)
-    ax_bar.set_xlim(0, 1)
-    ax_bar.set_xlabel("probability", fontsize=8)
-    ax_bar.tick_params(axis="x", labelsize=7)
-    ax_bar.set_title(f"top {len(top)} predictions", fontsize=9)
+    ax_img.set_title(f"{result.method} map of {short_label(result.label(target))} ({target})", fontsize=9)
+    left = (img_in + gap_in + labels_in) / width_in
+    ax_bar = fig.add_axes((left, 0.1, bars_in / width_in, 0.72 * height_in / (height_in + title_in)))
+    n_top = min(k, result.probs.shape[-1])
+    ypos = [float(n_top - n) for n in range(n_top)] + [-0.2] * (len(rows) - n_top)  # a target row sits apart
+    values = [p for _, _, p in rows]
+    ax_bar.barh(ypos, values, color=["tab:orange" if i == target else "tab:gray" for i, _, _ in rows])
+    ax_bar.set_yticks(ypos, [f"{short_label(label)} ({i})" for i, label, _ in rows], fontsize=8)
+    top_value = max(values) or 1.0
+    ax_bar.set_xlim(0, top_value * 1.45)
+    for y, value in zip(ypos, values, strict=True):
+        ax_bar.text(value + 0.03 * top_value, y, f"{value:.3f}", va="center", fontsize=7)
+    ax_bar.set_xticks([])
+    ax_bar.spines[["top", "right", "bottom"]].set_visible(False)
+    ax_bar.set_title(f"top {k} predictions", fontsize=9)
     if title:
-        fig.suptitle(title, fontsize=10, y=0.99)
+        fig.suptitle(title, fontsize=10, y=0.995)
     return fig
 
 
-def _short(label: str, width: int = 24) -> str:
+def short_label(label: str, width: int = 24) -> str:
     """First synonym of a label, cut to ``width`` characters."""
     first = label.split(",")[0].strip()
     return first if len(first) <= width else first[: width - 1] + "…"
