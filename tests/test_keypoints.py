@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 
+import vitprobe as vp
+from tests.conftest import make_tiny
 from vitprobe.analysis import keypoints as kp
 from vitprobe.analysis.thresholds import Threshold, otsu
 from vitprobe.io.preprocess import Geometry
@@ -153,3 +156,25 @@ def test_keypoint_to_image_carries_box_and_area():
     assert placed.area == pytest.approx(4 * 196 * 1.25 * 300 / 448)
     record = placed.to_dict()
     assert record["x"] == round(placed.x, 2) and record["grid"]["box"] == [1, 2, 2, 3] and record["area"] > 0
+
+
+def test_localize_a_cropped_non_square_capture_onto_the_original_image(tmp_path):
+    """A real capture through the model's own resize + centre crop, carried back by hand.
+
+    A 60x90 image: short side to 40 gives 40x60, the centre 32x24 crop starts at input (4, 18),
+    i.e. original rows 6..54 and columns 27..63 (scale 1.5); patches of 8 make a 4x3 grid.
+    """
+    processor = {"do_resize": True, "size": {"shortest_edge": 40}, "do_center_crop": True,
+                 "crop_size": {"height": 32, "width": 24}, "image_mean": [0.5] * 3, "image_std": [0.5] * 3}
+    model = vp.load(str(make_tiny("dinov2", tmp_path / "tiny", processor=processor)))
+    image = np.random.default_rng(0).integers(0, 255, (60, 90, 3), dtype=np.uint8)
+    cap = model.capture(image, fuse=(), full_layers=())
+    assert cap.layout.grid_hw == (4, 3) and cap.geometry[0].crop_box == pytest.approx((6.0, 27.0, 48.0, 36.0))
+    # abs:0 keeps every patch: one component, the whole grid, centroid (1.5, 1.0)
+    (found,) = vp.localize(cap, "cls", vp.LocalizeOptions(method="components", threshold=vp.Threshold("abs", 0.0)))
+    (point,) = found.keypoints
+    assert (point.x, point.y) == pytest.approx((27 + 1.5 * 8 * 1.5, 6 + 2.0 * 8 * 1.5))
+    assert point.box == pytest.approx((27.0, 6.0, 63.0, 54.0)) and point.area == pytest.approx(12 * 64 * 1.5**2)
+    expected = np.zeros((60, 90), dtype=bool)
+    expected[6:54, 27:63] = True  # the model saw nothing outside the crop box
+    np.testing.assert_array_equal(found.mask, expected)
