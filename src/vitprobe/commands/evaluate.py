@@ -99,8 +99,10 @@ def register(app: typer.Typer) -> None:
             raise fail(str(err)) from None
         if method not in METHODS:
             raise fail(f"--method takes one of {', '.join(METHODS)}, got {method!r}")
-        if not 0.0 < fraction <= 1.0 or top_k < 1 or draws < 1 or alpha <= 0 or tolerance < 0:
-            raise fail("--fraction must be in (0, 1], --top-k and --draws at least 1, --alpha > 0, --tolerance >= 0")
+        counts = (top_k, draws) if short_side is None else (top_k, draws, short_side)
+        if not 0.0 < fraction <= 1.0 or min(counts) < 1 or alpha <= 0 or tolerance < 0:
+            raise fail("--fraction must be in (0, 1], --top-k, --draws and --short-side at least 1, --alpha > 0, "
+                       "--tolerance >= 0")
         if masks not in ("heads", "fused"):
             raise fail(f"--masks takes heads or fused, got {masks!r}")
         if not images.is_dir():
