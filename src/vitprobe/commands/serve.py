@@ -1,0 +1,55 @@
+"""``vitprobe serve``: the local web demo (optional extra ``web``)."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+
+def register(app: typer.Typer) -> None:
+    @app.command()
+    def serve(
+        model: Annotated[list[str] | None, typer.Option(
+            "--model", "-m", help="model spec offered on the page; repeat for several (the first is the default)"
+        )] = None,
+        port: Annotated[int, typer.Option(help="port on 127.0.0.1")] = 7860,
+        listen_all: Annotated[bool, typer.Option(
+            "--listen-all", help="listen on 0.0.0.0, i.e. every network interface (anyone who can reach it can use it)"
+        )] = False,
+        max_upload_mb: Annotated[float, typer.Option(help="largest upload accepted, in MiB")] = 20.0,
+        max_megapixels: Annotated[float, typer.Option(help="largest image accepted, in megapixels")] = 40.0,
+        device: Annotated[str | None, typer.Option(help="torch device, e.g. cuda")] = None,
+    ) -> None:
+        """Start the web demo: upload or pick a photo, choose model, method, layer, heads; click a patch."""
+        from ..cli import fail
+
+        if not 0 < port < 65536 or max_upload_mb <= 0 or max_megapixels <= 0:
+            raise fail("--port must be in 1..65535, --max-upload-mb and --max-megapixels positive")
+        specs = list(dict.fromkeys(model or ["offline"]))
+        host = "0.0.0.0" if listen_all else "127.0.0.1"
+        if listen_all:
+            typer.echo("vitprobe: warning: --listen-all serves the demo on every network interface; anyone who "
+                       "can reach this machine can upload images and run the models", err=True)
+        with tempfile.TemporaryDirectory(prefix="vitprobe-serve-") as tmp:
+            # gradio keeps its upload copies and served files here; all of it goes when the server stops
+            os.environ["GRADIO_TEMP_DIR"] = str(Path(tmp) / "gradio")
+            from transformers.utils import logging as hf_logging
+
+            from ..web.app import DemoError, build_demo
+
+            hf_logging.disable_progress_bar()
+            max_bytes = int(max_upload_mb * 2**20)
+            try:
+                demo = build_demo(specs, work_dir=Path(tmp) / "work", max_upload_bytes=max_bytes,
+                                  max_pixels=int(max_megapixels * 1e6), device=device)
+            except (ImportError, DemoError) as err:
+                raise fail(str(err)) from None
+            try:
+                demo.launch(server_name=host, server_port=port, share=False, max_file_size=max_bytes,
+                            show_error=False)
+            except OSError as err:
+                raise fail(f"cannot serve on {host}:{port}: {str(err).splitlines()[0]}") from None

@@ -1,0 +1,74 @@
+"""``vitprobe video``: attention heat maps over every frame of a video, as mp4 and/or GIF."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+
+def register(app: typer.Typer) -> None:
+    @app.command()
+    def video(
+        source: Annotated[Path, typer.Argument(help="input video (anything ffmpeg reads: mp4, mov, webm, gif, ...)")],
+        out: Annotated[Path, typer.Option("--out", "-o", help="output .mp4 or .gif")],
+        model: Annotated[str, typer.Option("--model", "-m", help="'offline' (default), a HF id or directory")] = (
+            "offline"
+        ),
+        method: Annotated[str, typer.Option(help="cls (CLS map of --layer), rollout, or aggregate (layer mean)")] = (
+            "cls"
+        ),
+        layer: Annotated[int, typer.Option(help="layer of the cls method (negative counts from the end)")] = -1,
+        head_fusion: Annotated[str, typer.Option(help="heads fused by mean, max or min")] = "mean",
+        discard_ratio: Annotated[float, typer.Option(help="rollout: drop this fraction of lowest attention")] = 0.0,
+        normalize: Annotated[str, typer.Option(
+            help="colour scale: 'video' (one min..max for all frames, comparable) or 'frame' (each frame its own)"
+        )] = "video",
+        fps: Annotated[float | None, typer.Option(help="output frame rate (resamples; default: the input's)")] = None,
+        max_frames: Annotated[int | None, typer.Option(help="stop after this many frames")] = None,
+        short_side: Annotated[int | None, typer.Option(
+            help="model-input short side in pixels; the whole frame is resized, aspect kept (default: the model's)"
+        )] = None,
+        batch_size: Annotated[int, typer.Option(help="frames per forward pass")] = 8,
+        alpha: Annotated[float, typer.Option(help="heat-map opacity in [0, 1]")] = 0.5,
+        cmap: Annotated[str, typer.Option(help="matplotlib colormap")] = "inferno",
+        gif: Annotated[bool, typer.Option("--gif", help="with an .mp4 --out, also write a GIF beside it")] = False,
+        maps: Annotated[Path | None, typer.Option(help="also save the per-frame maps (frames, H, W) as .npy")] = None,
+        device: Annotated[str | None, typer.Option(help="torch device, e.g. cuda")] = None,
+    ) -> None:
+        """Overlay per-frame attention heat maps on a video; frames stream in batches, size and fps are kept."""
+        from ..cli import fail, load_model
+        from ..render.video import OUTPUT_SUFFIXES, VideoError, VideoReader
+        from ..video import VideoOptions, attention_video
+
+        opts = VideoOptions(method=method, layer=layer, head_fusion=head_fusion, discard_ratio=discard_ratio,
+                            normalize=normalize, short_side=short_side, fps=fps, max_frames=max_frames,
+                            batch_size=batch_size, alpha=alpha, cmap=cmap)
+        try:
+            opts.check()
+        except ValueError as err:
+            raise fail(str(err)) from None
+        if out.suffix.lower() not in OUTPUT_SUFFIXES:
+            raise fail(f"--out must end in {' or '.join(OUTPUT_SUFFIXES)}, got {out.name!r}")
+        if maps is not None and maps.suffix != ".npy":
+            raise fail(f"--maps must end in .npy, got {maps.name!r}")
+        outputs = [out] + ([out.with_suffix(".gif")] if gif and out.suffix.lower() == ".mp4" else [])
+        if source.resolve() in {p.resolve() for p in outputs}:
+            raise fail("--out must not overwrite the input video")
+        try:
+            VideoReader(source).close()  # an unreadable video fails here, before the model loads
+        except VideoError as err:
+            raise fail(str(err), code=1) from None
+        vit = load_model(model, device)
+        try:
+            result = attention_video(vit, source, outputs, opts, maps_path=maps)
+        except VideoError as err:
+            raise fail(str(err), code=1) from None
+        except ValueError as err:  # a layer that does not exist, a model without CLS token
+            raise fail(str(err)) from None
+        h, w = result.size_hw
+        typer.echo(f"{result.frames} frames of {w}x{h} at {result.fps:g} fps, {opts.method} maps on a "
+                   f"{result.grid_hw[0]}x{result.grid_hw[1]} grid with {vit.name} in {result.total_seconds:.1f} s "
+                   f"({result.frames / result.model_seconds:.2f} frames/s through the model); wrote "
+                   + ", ".join(str(p) for p in result.outputs))

@@ -1,0 +1,169 @@
+"""Attention heat maps over every frame of a video, overlaid on the frames and encoded again.
+
+Two streaming passes over the input, so memory stays bounded whatever the length:
+
+1. decode frames in batches, capture each batch, keep its (H, W) grid maps in a float32 file on
+   disk (a few KB per frame) and the running minimum and maximum;
+2. decode the frames again, overlay each frame's map and encode the result (mp4 and/or GIF).
+
+Colour scale (``normalize``): ``"video"`` maps the smallest value of all frames' maps to the
+bottom of the colormap and the largest to the top, the same for every frame, so brightness can
+be compared across frames and a frame where attention is spread out looks dimmer; ``"frame"``
+stretches each frame's map to its own min..max, so every frame uses the full colormap.
+
+The model sees the WHOLE frame resized, aspect kept (short side: the model's own input size
+unless given), so the map covers every pixel of the frame, which keeps its size and frame rate.
+"""
+
+from __future__ import annotations
+
+import tempfile
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+from tqdm.auto import tqdm
+
+from . import render
+from .analysis.maps import FUSIONS, aggregate_layers, fuse_heads
+from .api import cls_attention, rollout
+from .localize import default_short_side, whole_image_hw
+from .models.base import VitModel
+from .render.video import VideoError, VideoReader, VideoWriter, batched
+
+METHODS = ("cls", "rollout", "aggregate")
+NORMALIZE_MODES = ("video", "frame")
+
+
+@dataclass(frozen=True)
+class VideoOptions:
+    """What ``attention_video`` draws.
+
+    ``method``: "cls" (CLS attention of ``layer``, heads fused by ``head_fusion``), "rollout"
+    (through all layers, heads fused by ``head_fusion``, ``discard_ratio``) or "aggregate" (mean
+    over layers of the head-fused CLS maps). ``fps`` resamples the video (None keeps its rate);
+    ``max_frames`` stops early; ``short_side`` is the model-input short side in pixels.
+    """
+
+    method: str = "cls"
+    layer: int = -1
+    head_fusion: str = "mean"
+    discard_ratio: float = 0.0
+    normalize: str = "video"
+    short_side: int | None = None
+    fps: float | None = None
+    max_frames: int | None = None
+    batch_size: int = 8
+    alpha: float = 0.5
+    cmap: str = "inferno"
+
+    def check(self) -> None:
+        """Raise ``ValueError`` (one line) for an option out of range."""
+        choices = {"method": (self.method, METHODS), "head fusion": (self.head_fusion, FUSIONS),
+                   "normalize": (self.normalize, NORMALIZE_MODES)}
+        for name, (value, allowed) in choices.items():
+            if value not in allowed:
+                raise ValueError(f"{name} must be one of {', '.join(allowed)}, got {value!r}")
+        if not 0.0 <= self.discard_ratio < 1.0 or not 0.0 <= self.alpha <= 1.0:
+            raise ValueError("discard ratio must be in [0, 1) and alpha in [0, 1]")
+        if self.fps is not None and not self.fps > 0:
+            raise ValueError(f"fps must be positive, got {self.fps}")
+        for name, value in (("max frames", self.max_frames), ("short side", self.short_side)):
+            if value is not None and value < 1:
+                raise ValueError(f"{name} must be at least 1, got {value}")
+        if self.batch_size < 1:
+            raise ValueError(f"batch size must be at least 1, got {self.batch_size}")
+
+
+@dataclass(frozen=True)
+class VideoResult:
+    """What was written: ``frames`` at ``fps``, each ``size_hw`` (H, W); maps on a ``grid_hw``
+    (H, W) grid; ``value_range`` (min, max) of all maps; seconds spent in the model pass and in
+    all, and the files written."""
+
+    frames: int
+    fps: float
+    size_hw: tuple[int, int]
+    grid_hw: tuple[int, int]
+    value_range: tuple[float, float]
+    model_seconds: float
+    total_seconds: float
+    outputs: list[Path]
+
+
+def frame_maps(model: VitModel, frames: Sequence[np.ndarray], opts: VideoOptions) -> torch.Tensor:
+    """Heat maps of frames (H, W, 3) uint8, all of one size: -> (B, H_grid, W_grid) float32."""
+    size = whole_image_hw(frames[0].shape[:2], opts.short_side or default_short_side(model.preprocess),
+                          model.patch_size)
+    pixels, _, _ = model.prepare(list(frames), size)
+    batch = len(frames)
+    if opts.method == "rollout":
+        cap = model.capture_pixels(pixels, fuse=(opts.head_fusion,), full_layers=(), batch_size=batch)
+        return rollout(cap, opts.discard_ratio, opts.head_fusion)
+    layers = [opts.layer] if opts.method == "cls" else None
+    cap = model.capture_pixels(pixels, layers=layers, fuse=(), full_layers=(), batch_size=batch)
+    per_layer = fuse_heads(cls_attention(cap), opts.head_fusion)  # (L, B, H, W)
+    return per_layer[0] if opts.method == "cls" else aggregate_layers(per_layer, "mean")
+
+
+def attention_video(
+    model: VitModel,
+    source: str | Path,
+    outputs: Sequence[str | Path],
+    opts: VideoOptions = VideoOptions(),
+    maps_path: str | Path | None = None,
+    progress: bool = True,
+) -> VideoResult:
+    """Write the attention overlay of every frame of ``source`` to each of ``outputs`` (.mp4 / .gif).
+
+    ``maps_path`` (optional, .npy) also keeps the per-frame maps (frames, H_grid, W_grid) float32.
+    Raises ``VideoError`` for an unreadable or empty video, ``ValueError`` for bad options.
+    """
+    opts.check()
+    model.resolve_layers([opts.layer])
+    start = time.perf_counter()
+    with tempfile.TemporaryDirectory(prefix="vitprobe-video-") as tmp:
+        raw = Path(tmp) / "maps.f32"
+        with VideoReader(source, opts.fps, opts.max_frames) as reader, raw.open("wb") as sink:
+            if not reader.fps > 0:
+                raise VideoError(f"{source}: the video does not state its frame rate; pass fps")
+            fps, size_hw = reader.fps, reader.info.size_hw
+            n, grid_hw, lo, hi = 0, (0, 0), np.inf, -np.inf
+            bar = tqdm(total=reader.frames_estimate or None, desc="attention", unit="frame", disable=not progress)
+            with bar:
+                for frames in batched(reader, opts.batch_size):
+                    maps = frame_maps(model, frames, opts).float().cpu().numpy()
+                    sink.write(maps.tobytes())
+                    n, grid_hw = n + len(frames), maps.shape[1:]
+                    lo, hi = min(lo, float(maps.min())), max(hi, float(maps.max()))
+                    bar.update(len(frames))
+        if n == 0:
+            raise VideoError(f"{source}: the video has no frames")
+        model_seconds = time.perf_counter() - start
+        maps = np.memmap(raw, dtype=np.float32, mode="r", shape=(n, *grid_hw))
+        bounds = (lo, hi) if opts.normalize == "video" else (None, None)
+        paths = [Path(p) for p in outputs]
+        written = 0
+        with VideoReader(source, opts.fps, n) as reader:
+            writers = [VideoWriter(p, fps, size_hw) for p in paths]
+            try:
+                for frame in tqdm(reader, total=n, desc="overlay", unit="frame", disable=not progress):
+                    picture = render.overlay(Image.fromarray(frame), maps[written], opts.alpha, opts.cmap,
+                                             vmin=bounds[0], vmax=bounds[1])
+                    for writer in writers:
+                        writer.write(np.asarray(picture))
+                    written += 1
+            finally:
+                for writer in writers:
+                    writer.close()
+        if written != n:
+            raise VideoError(f"{source}: decoded {n} frames the first time and {written} the second")
+        if maps_path is not None:
+            np.save(maps_path, maps)
+        del maps
+    return VideoResult(n, fps, size_hw, tuple(grid_hw), (lo, hi), model_seconds, time.perf_counter() - start,
+                       paths + ([Path(maps_path)] if maps_path is not None else []))
