@@ -17,6 +17,7 @@ unless given), so the map covers every pixel of the frame, which keeps its size 
 
 from __future__ import annotations
 
+import logging
 import tempfile
 import time
 from collections.abc import Sequence
@@ -34,6 +35,8 @@ from .api import cls_attention, rollout
 from .localize import default_short_side, whole_image_hw
 from .models.base import VitModel
 from .render.video import VideoError, VideoReader, VideoWriter, batched
+
+log = logging.getLogger(__name__)
 
 METHODS = ("cls", "rollout", "aggregate")
 NORMALIZE_MODES = ("video", "frame")
@@ -121,7 +124,8 @@ def attention_video(
     """Write the attention overlay of every frame of ``source`` to each of ``outputs`` (.mp4 / .gif).
 
     ``maps_path`` (optional, .npy) also keeps the per-frame maps (frames, H_grid, W_grid) float32.
-    Raises ``VideoError`` for an unreadable or empty video, ``ValueError`` for bad options.
+    Raises ``VideoError`` for an unreadable or empty video, ``ValueError`` for bad options; a video
+    that decodes to clearly fewer frames than its container states (truncated) gives a warning.
     """
     opts.check()
     model.resolve_layers([opts.layer])
@@ -131,7 +135,7 @@ def attention_video(
         with VideoReader(source, opts.fps, opts.max_frames) as reader, raw.open("wb") as sink:
             if not reader.fps > 0:
                 raise VideoError(f"{source}: the video does not state its frame rate; pass fps")
-            fps, size_hw = reader.fps, reader.info.size_hw
+            fps, size_hw, expected = reader.fps, reader.info.size_hw, reader.frames_estimate
             n, grid_hw, lo, hi = 0, (0, 0), np.inf, -np.inf
             bar = tqdm(total=reader.frames_estimate or None, desc="attention", unit="frame", disable=not progress)
             with bar:
@@ -143,6 +147,9 @@ def attention_video(
                     bar.update(len(frames))
         if n == 0:
             raise VideoError(f"{source}: the video has no frames")
+        if n < expected - max(2, expected // 20):
+            log.warning("%s: decoded %d frames where the container promises %d; the file may be truncated "
+                        "or corrupt (what could be decoded was used)", source, n, expected)
         model_seconds = time.perf_counter() - start
         maps = np.memmap(raw, dtype=np.float32, mode="r", shape=(n, *grid_hw))
         bounds = (lo, hi) if opts.normalize == "video" else (None, None)
