@@ -30,7 +30,7 @@ PREFIX = {
 }
 
 
-def tiny(name: str, seed: int = 0, std: float = 0.5, **overrides) -> torch.nn.Module:
+def tiny(name: str, seed: int = 0, std: float = 0.4, **overrides) -> torch.nn.Module:
     """A 2-layer, 4-head, 32-dim timm model for 32×32 inputs (8-px patches, 5 classes), any input size.
 
     Matrix weights are redrawn from N(0, std²) so the attention is peaked, not the near-uniform
