@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-from vitprobe.analysis.distance import distance_bound, distance_reducer, mean_attention_distance, patch_distances
+from vitprobe.analysis.distance import distance_bound, mean_attention_distance, patch_distances
+from vitprobe.analysis.fast import MeanDistance
 from vitprobe.layout import TokenLayout
 from vitprobe.models.hf import load_hf
 
@@ -131,14 +132,16 @@ def test_rectangular_grid_is_height_first():
     assert mean_attention_distance(down, layout).item() == pytest.approx(10.0)
 
 
-def test_reducer_in_capture_equals_function_on_full_attention(tiny_dirs):
+def test_streamed_reducer_in_capture_equals_definition_on_full_attention(tiny_dirs):
+    """analysis.fast.MeanDistance (block by block, used by dataset runs) against this definition."""
     model = load_hf(str(tiny_dirs["dinov2_with_registers"]))
     pixels = torch.randn(2, 3, 32, 48)
-    reducers = {"d": distance_reducer(), "dr": distance_reducer(renormalize=True)}
+    reducers = {"d": MeanDistance(), "dr": MeanDistance(renormalize=True)}
     cap = model.capture_pixels(pixels, fuse=(), full_layers=[0, 1, 2], reducers=reducers)
     assert cap.reduced["d"].shape == (3, 2, 4)
     for layer in range(3):
-        assert torch.allclose(cap.reduced["d"][layer], mean_attention_distance(cap.full[layer], cap.layout))
+        expect = mean_attention_distance(cap.full[layer], cap.layout)
+        assert torch.allclose(cap.reduced["d"][layer], expect, rtol=1e-5)
         expect = mean_attention_distance(cap.full[layer], cap.layout, renormalize=True)
-        assert torch.allclose(cap.reduced["dr"][layer], expect)
+        assert torch.allclose(cap.reduced["dr"][layer], expect, rtol=1e-5)
     assert bool((cap.reduced["dr"] >= cap.reduced["d"]).all())  # registers take mass: renormalising raises it

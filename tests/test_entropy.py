@@ -16,9 +16,9 @@ from vitprobe.analysis.entropy import (
     level_edges,
     map_entropy,
     rows_entropy,
-    rows_entropy_reducer,
     spread_levels,
 )
+from vitprobe.analysis.fast import RowEntropy
 from vitprobe.models.hf import load_hf
 
 
@@ -54,7 +54,6 @@ def test_cls_and_rows_entropy_over_all_tokens():
     attn = random_attention(2, 4, t=14, seed=1)  # (B, heads, T, T)
     ref = reference_entropy(attn.numpy())  # (B, heads, T)
     np.testing.assert_allclose(rows_entropy(attn).double().numpy(), ref.mean(-1), rtol=1e-5)
-    assert torch.equal(rows_entropy_reducer(attn, None), rows_entropy(attn))
     cls_rows = attn[:, :, 0].unsqueeze(0)  # (L=1, B, heads, T)
     np.testing.assert_allclose(cls_entropy(cls_rows)[0].double().numpy(), ref[..., 0], rtol=1e-5)
 
@@ -120,12 +119,16 @@ def test_moments_merge_and_reference():
     assert torch.isnan(Moments((2,)).compute()["mean"]).all()
 
 
-def test_entropy_reducer_in_capture(tiny_dirs):
+def test_streamed_row_entropy_in_capture_gives_cls_and_rows_entropy(tiny_dirs):
+    """analysis.fast.RowEntropy (block by block, used by dataset runs): its mean over rows is
+    rows_entropy and its CLS entry cls_entropy."""
     model = load_hf(str(tiny_dirs["deit"]))
     pixels = torch.randn(2, 3, 32, 32)
-    cap = model.capture_pixels(pixels, fuse=(), full_layers=[0, 2], reducers={"e": rows_entropy_reducer})
+    cap = model.capture_pixels(pixels, fuse=(), full_layers=[0, 2], reducers={"e": RowEntropy()})
     for layer in (0, 2):
         ref = reference_entropy(cap.full[layer].numpy()).mean(-1)
-        np.testing.assert_allclose(cap.reduced["e"][layer].double().numpy(), ref, rtol=1e-5)
+        np.testing.assert_allclose(cap.reduced["e"][layer].mean(-1).double().numpy(), ref, rtol=1e-5)
+        assert torch.allclose(cap.reduced["e"][layer].mean(-1), rows_entropy(cap.full[layer]), rtol=1e-5)
+    assert torch.allclose(cap.reduced["e"][..., 0], cls_entropy(cap.cls), atol=1e-5)
     np.testing.assert_allclose(cls_entropy(cap.cls).double().numpy(),
                                reference_entropy(cap.cls.numpy()), rtol=1e-5, atol=1e-6)

@@ -44,8 +44,9 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
 from .analysis.accumulate import Accumulator, Moments
-from .analysis.distance import distance_bound, distance_reducer
-from .analysis.entropy import SpreadLevels, cls_entropy, map_entropy, rows_entropy_reducer
+from .analysis.distance import distance_bound
+from .analysis.entropy import SpreadLevels, map_entropy
+from .analysis.fast import MeanDistance, RowEntropy
 from .analysis.maps import cls_maps
 from .analysis.tokens import ArtifactCounts, artifact_counts
 from .io.images import ImageLoadError, list_images, load_image
@@ -225,22 +226,25 @@ def merge_flat(accs: dict[str, Accumulator], flat: dict[str, torch.Tensor]) -> N
 def probe_pixels(model: VitModel, pixels: torch.Tensor, opts: AnalyzeOptions) -> tuple[dict[str, torch.Tensor], dict]:
     """One forward pass over pixels (B, 3, H, W): per-image metrics and the artifact counts.
 
-    Returns ({metric: (L, B, heads) or (L, B) float64}, counts from ``artifact_counts``) and adds
-    ``layout`` to the counts dict under the key ``"layout"``.
+    Attention is reduced block by block as each layer is computed (``analysis.fast``), so no
+    (B, heads, T, T) tensor is allocated. Returns ({metric: (L, B, heads) or (L, B) float64},
+    counts from ``artifact_counts`` plus the ``layout`` under the key ``"layout"``).
     """
     reducers = {
-        "mean_attention_distance": distance_reducer(renormalize=False),
-        "mean_attention_distance_renormalized": distance_reducer(renormalize=True),
-        "entropy_rows": rows_entropy_reducer,
+        "mean_attention_distance": MeanDistance(renormalize=False),
+        "mean_attention_distance_renormalized": MeanDistance(renormalize=True),
+        "row_entropy": RowEntropy(),
     }
     cap = model.capture_pixels(
         pixels, fuse=(), full_layers=(), reducers=reducers, token_norms=True, batch_size=pixels.shape[0]
     )
     layout = cap.layout
-    metrics = {name: cap.reduced[name].double() for name in reducers}
+    rows = cap.reduced.pop("row_entropy").double()  # (L, B, heads, T)
+    metrics = {name: value.double() for name, value in cap.reduced.items()}
+    metrics["entropy_rows"] = rows.mean(dim=-1)
     head_mean = None
     if cap.cls is not None:
-        metrics["entropy_cls"] = cls_entropy(cap.cls).double()
+        metrics["entropy_cls"] = rows[..., layout.cls_index]
         head_mean = cls_maps(cap.cls, layout).mean(dim=2)  # (L, B, H, W)
         metrics["entropy_cls_map"] = map_entropy(head_mean).double()
     counts = artifact_counts(cap.token_norms, layout, head_mean, opts.outlier_ratio, opts.peak_ratio)

@@ -10,6 +10,10 @@ paper's code (seed 003): attention sent to prefix tokens counts as distance 0, s
 parks its mass on CLS or registers reads as local. ``renormalize=True`` divides each row's patch
 part by its mass first (distance conditional on attending to patches), which compares models
 with different prefix tokens more fairly. Both agree when no mass goes to the prefix.
+
+This module is the readable definition on a full attention tensor (e.g. ``Capture.full``); the
+streamed form that a capture reduces block by block, without (B, heads, T, T), is
+``analysis.fast.MeanDistance`` (the same two conventions; tests check they agree).
 """
 
 from __future__ import annotations
@@ -59,15 +63,3 @@ def mean_attention_distance(
         out[b] = per_row.sum(dim=-1, dtype=torch.float64) / layout.n_patches
     return out.float()
 
-
-def distance_reducer(renormalize: bool = False):
-    """A capture reducer: per layer (B, heads, T, T) -> mean attention distance (B, heads)."""
-    cache: dict[tuple[TokenLayout, torch.device], torch.Tensor] = {}
-
-    def reduce(attn: torch.Tensor, layout: TokenLayout) -> torch.Tensor:
-        key = (layout, attn.device)
-        if key not in cache:
-            cache[key] = patch_distances(layout, attn.device)
-        return mean_attention_distance(attn, layout, renormalize, cache[key])
-
-    return reduce

@@ -9,13 +9,16 @@
   [0, log(H·W)]: the spread of the picture one looks at, used for the spread levels.
 - ``spread_levels``: images split into four levels by the quartiles of their map entropy;
   level 1 holds the most focused quarter, level 4 the most spread.
+
+The streamed form of the row entropies, reduced block by block during a capture, is
+``analysis.fast.RowEntropy`` (B, heads, T) per layer: its CLS entry and its mean over rows are
+``cls_entropy`` and ``rows_entropy``.
 """
 
 from __future__ import annotations
 
 import torch
 
-from ..layout import TokenLayout
 from .accumulate import Accumulator
 
 N_LEVELS = 4
@@ -35,11 +38,6 @@ def cls_entropy(cls_rows: torch.Tensor) -> torch.Tensor:
 def rows_entropy(attn: torch.Tensor) -> torch.Tensor:
     """Mean entropy over all query rows: attention (B, heads, T, T) -> (B, heads), one image at a time."""
     return torch.stack([entropy(a).mean(dim=-1) for a in attn])
-
-
-def rows_entropy_reducer(attn: torch.Tensor, _layout: TokenLayout) -> torch.Tensor:
-    """Capture reducer form of ``rows_entropy``: per layer (B, heads, T, T) -> (B, heads)."""
-    return rows_entropy(attn)
 
 
 def map_entropy(maps: torch.Tensor) -> torch.Tensor:
