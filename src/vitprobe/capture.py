@@ -8,8 +8,11 @@ never sit in memory at once.
 
 from __future__ import annotations
 
+import math
+import queue
+import threading
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import torch
@@ -127,6 +130,8 @@ class RowReducer(ABC):
 
     For each layer the recorder calls ``start``, then ``update`` once per block (the blocks cover
     every query row of every image once), then ``finish`` for the layer's result (B, ...).
+    ``update`` may run in several threads at once, each with its own block: it must write only
+    to its block's (images, rows) entries.
     """
 
     @abstractmethod
@@ -141,7 +146,7 @@ class RowReducer(ABC):
 
 def block_shape(batch: int, heads: int, n_tokens: int, device: torch.device) -> tuple[int, int]:
     """(images, query rows) per block so that one (images, heads, rows, T) float32 block stays within
-    the device's budget: about 2 MiB on CPU, where the softmax and the reductions then run in cache."""
+    the device's budget: 2 MiB on CPU, where the softmax and the reductions then run in cache."""
     budget = _BLOCK_BYTES.get(device.type, _DEFAULT_BLOCK_BYTES)
     row_bytes = heads * n_tokens * 4
     if row_bytes * n_tokens <= budget:
@@ -149,29 +154,95 @@ def block_shape(batch: int, heads: int, n_tokens: int, device: torch.device) -> 
     return 1, max(1, budget // row_bytes)
 
 
-def attention_blocks(q: torch.Tensor, k: torch.Tensor, scale: float) -> Iterator[AttentionBlock]:
-    """softmax(q·kᵀ·scale) in float32 of q, k (B, heads, T, d), block by block (see ``block_shape``).
+class _BlockWorkers:
+    """Python threads that each run torch single-threaded and take whole blocks of one layer (CPU).
 
-    Two block buffers are reused for the whole layer: no allocation of (B, heads, T, T).
+    Streaming a layer in cache-sized blocks means many small ops; with torch's own threads each op
+    opens an OpenMP parallel region, and on a loaded machine every region waits for a descheduled
+    thread (measured: 6× slower at load 7 on 2 cores). Workers set their thread count to 1; the
+    process-wide count is restored for threads started later.
+    """
+
+    def __init__(self, n: int) -> None:
+        self.n = n
+        self._jobs: queue.SimpleQueue = queue.SimpleQueue()
+        threads = torch.get_num_threads()
+        ready = threading.Barrier(n + 1)
+        for _ in range(n):
+            threading.Thread(target=self._serve, args=(ready,), daemon=True, name="vitprobe-blocks").start()
+        ready.wait()
+        torch.set_num_threads(threads)
+
+    def _serve(self, ready: threading.Barrier) -> None:
+        torch.set_num_threads(1)
+        ready.wait()
+        while True:
+            fn, done = self._jobs.get()
+            try:
+                fn()
+                done.put(None)
+            except BaseException as err:  # handed to the caller, re-raised there
+                done.put(err)
+
+    def run(self, fn: Callable[[], None]) -> None:
+        """Run ``fn`` in every worker at once and wait; re-raise the first error."""
+        done: queue.SimpleQueue = queue.SimpleQueue()
+        for _ in range(self.n):
+            self._jobs.put((fn, done))
+        errors = [err for err in (done.get() for _ in range(self.n)) if err is not None]
+        if errors:
+            raise errors[0]
+
+
+_WORKERS: dict[int, _BlockWorkers] = {}
+
+
+def for_each_block(
+    q: torch.Tensor, k: torch.Tensor, scale: float, consume: Callable[[AttentionBlock], None]
+) -> None:
+    """Call ``consume`` on every block of softmax(q·kᵀ·scale), q, k (B, heads, T, d), in float32.
+
+    Blocks follow ``block_shape``; each worker reuses two block buffers, so (B, heads, T, T) is
+    never allocated. On CPU the blocks are shared among ``torch.get_num_threads()`` worker
+    threads, so ``consume`` may run concurrently and must write only its block's entries.
     """
     q = q.to(torch.float32, memory_format=torch.contiguous_format, copy=True).mul_(scale)
     kt = k.to(torch.float32, memory_format=torch.contiguous_format).transpose(-1, -2)
     batch, heads, t, _ = q.shape
     n_images, n_rows = block_shape(batch, heads, t, q.device)
-    scores = q.new_empty(n_images * heads * n_rows * t)
-    probs = torch.empty_like(scores)
-    for b0 in range(0, batch, n_images):
-        images = slice(b0, min(b0 + n_images, batch))
-        for r0 in range(0, t, n_rows):
-            rows = slice(r0, min(r0 + n_rows, t))
-            shape = (images.stop - b0, heads, rows.stop - r0, t)
-            size = shape[0] * heads * shape[2] * t
+    spans = [
+        (slice(b0, min(b0 + n_images, batch)), slice(r0, min(r0 + n_rows, t)))
+        for b0 in range(0, batch, n_images)
+        for r0 in range(0, t, n_rows)
+    ]
+    pending = iter(spans)
+    lock = threading.Lock()
+
+    def work() -> None:
+        scores = q.new_empty(n_images * heads * n_rows * t)
+        probs = torch.empty_like(scores)
+        while True:
+            with lock:
+                span = next(pending, None)
+            if span is None:
+                return
+            images, rows = span
+            shape = (images.stop - images.start, heads, rows.stop - rows.start, t)
+            size = math.prod(shape)
             s = torch.matmul(q[images, :, rows], kt[images], out=scores[:size].view(shape))
             s.sub_(s.amax(dim=-1, keepdim=True))
             p = torch.exp(s, out=probs[:size].view(shape))
             z = p.sum(dim=-1)
             p.div_(z.unsqueeze(-1))
-            yield AttentionBlock(images, rows, p, s, z.log_())
+            consume(AttentionBlock(images, rows, p, s, z.log_()))
+
+    workers = min(torch.get_num_threads(), len(spans)) if q.device.type == "cpu" else 1
+    if workers > 1:
+        if workers not in _WORKERS:
+            _WORKERS[workers] = _BlockWorkers(workers)
+        _WORKERS[workers].run(work)
+    else:
+        work()
 
 
 class AttentionRecorder:
@@ -276,7 +347,8 @@ class AttentionRecorder:
         attn = q.new_empty(batch, heads, t, t, dtype=torch.float32) if keep else None
         for reducer in by_block.values():
             reducer.start(batch, heads, layout, q.device)
-        for block in attention_blocks(q, k, site.scale):
+
+        def consume(block: AttentionBlock) -> None:
             if cls is not None and block.rows.start <= cls < block.rows.stop:
                 cls_rows[block.images] = block.probs[:, :, cls - block.rows.start]
             for how, out in fused.items():
@@ -285,6 +357,8 @@ class AttentionRecorder:
                 attn[block.images, :, block.rows] = block.probs
             for reducer in by_block.values():
                 reducer.update(block)
+
+        for_each_block(q, k, site.scale, consume)
         if cls_rows is not None:
             self.cls_rows[layer] = cls_rows.cpu()
         for how, out in fused.items():
