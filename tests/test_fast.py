@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import threading
 
 import numpy as np
 import pytest
@@ -12,7 +13,7 @@ from tests.test_capture import eager_attentions
 from vitprobe import capture
 from vitprobe.analysis.fast import MeanDistance, RowEntropy, pixel_distances, rollout_cls, row_entropy
 from vitprobe.analysis.rollout import rollout_rows
-from vitprobe.capture import AttentionBlock, attention_blocks, block_shape, stack_layers
+from vitprobe.capture import AttentionBlock, block_shape, for_each_block, stack_layers
 from vitprobe.layout import TokenLayout
 from vitprobe.models.hf import load_hf
 
@@ -57,9 +58,21 @@ def random_qk(batch: int = 2, heads: int = 3, t: int = LAYOUT.n_tokens, d: int =
 
 def streamed(reducer, q, k, scale, layout=LAYOUT) -> torch.Tensor:
     reducer.start(q.shape[0], q.shape[1], layout, q.device)
-    for block in attention_blocks(q, k, scale):
-        reducer.update(block)
+    for_each_block(q, k, scale, reducer.update)
     return reducer.finish()
+
+
+def collect_blocks(q, k, scale) -> list[AttentionBlock]:
+    """Copies of every block (the buffers are reused), in the order the workers produced them."""
+    blocks, lock = [], threading.Lock()
+
+    def keep(block: AttentionBlock) -> None:
+        with lock:
+            blocks.append(AttentionBlock(block.images, block.rows, block.probs.clone(), block.shifted.clone(),
+                                         block.log_z.clone()))
+
+    for_each_block(q, k, scale, keep)
+    return blocks
 
 
 @pytest.fixture
@@ -72,7 +85,7 @@ def test_blocks_cover_every_row_once_and_equal_softmax(small_blocks):
     q, k = random_qk()
     ref = torch.softmax(q.double() @ k.double().transpose(-1, -2) * 0.3, dim=-1)
     seen = torch.zeros(2, LAYOUT.n_tokens, dtype=torch.int64)
-    for block in attention_blocks(q, k, 0.3):
+    for block in collect_blocks(q, k, 0.3):
         assert block.probs.shape[0] == 1 and block.probs.shape[2] <= 3
         seen[block.images, block.rows] += 1
         scores = q[block.images, :, block.rows].double() @ k[block.images].double().transpose(-1, -2) * 0.3
@@ -81,6 +94,40 @@ def test_blocks_cover_every_row_once_and_equal_softmax(small_blocks):
         assert torch.allclose(block.shifted.double(), scores - row_max, atol=1e-5)
         assert torch.allclose(block.log_z.double(), torch.logsumexp(scores, -1) - row_max[..., 0], atol=1e-5)
     assert torch.equal(seen, torch.ones_like(seen))
+
+
+@pytest.mark.parametrize("threads", [1, 2, 3])
+def test_worker_threads_give_the_same_result(small_blocks, threads):
+    q, k = random_qk(batch=3, seed=11)
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        ours = streamed(RowEntropy(), q, k, 0.5)
+    finally:
+        torch.set_num_threads(previous)
+    attn = torch.softmax(q.double() @ k.double().transpose(-1, -2) * 0.5, dim=-1)
+    np.testing.assert_allclose(ours.numpy(), float64_entropy(attn.numpy()), atol=1e-5)
+    assert torch.get_num_threads() == previous
+
+
+def test_worker_errors_reach_the_caller(small_blocks):
+    q, k = random_qk()
+
+    def broken(block: AttentionBlock) -> None:
+        raise RuntimeError("reducer failed")
+
+    with pytest.raises(RuntimeError, match="reducer failed"):
+        for_each_block(q, k, 1.0, broken)
+
+
+def test_workers_leave_new_threads_their_default_thread_count():
+    q, k = random_qk()
+    for_each_block(q, k, 1.0, lambda block: None)
+    seen = []
+    thread = threading.Thread(target=lambda: seen.append(torch.get_num_threads()))
+    thread.start()
+    thread.join()
+    assert seen == [torch.get_num_threads()]
 
 
 def test_block_shape_budget():
@@ -180,7 +227,7 @@ def test_stack_layers_returns_the_recorder_stack_without_copy():
 
 def test_attention_block_is_documented_shape(small_blocks):
     q, k = random_qk(batch=1)
-    block = next(attention_blocks(q, k, 1.0))
+    block = collect_blocks(q, k, 1.0)[0]
     assert isinstance(block, AttentionBlock)
     assert block.probs.shape == block.shifted.shape == (1, 3, 3, LAYOUT.n_tokens)
     assert block.log_z.shape == (1, 3, 3)

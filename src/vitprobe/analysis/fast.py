@@ -73,20 +73,18 @@ class MeanDistance(RowReducer):
             self._dist[key] = pixel_distances(layout, device)
         self._layout = layout
         self._d = self._dist[key]
-        self._sum = torch.zeros(batch, heads, dtype=torch.float64, device=device)
+        self._rows = torch.empty(batch, heads, layout.n_tokens, device=device)
 
     def update(self, block: AttentionBlock) -> None:
         per_row = torch.linalg.vecdot(block.probs, self._d[block.rows])  # (b, heads, r)
         if self.renormalize:
             patch_mass = block.probs[..., self._layout.n_prefix :].sum(dim=-1)
             per_row = per_row / patch_mass.clamp_min(torch.finfo(torch.float32).tiny)
-        first_patch = max(0, self._layout.n_prefix - block.rows.start)
-        self._sum[block.images] += per_row[..., first_patch:].sum(dim=-1, dtype=torch.float64)
+        self._rows[block.images, :, block.rows] = per_row
 
     def finish(self) -> torch.Tensor:
-        out = (self._sum / self._layout.n_patches).float()
-        self._sum = None
-        return out
+        rows, self._rows = self._rows, None
+        return rows[..., self._layout.n_prefix :].mean(dim=-1, dtype=torch.float64).float()
 
 
 def rollout_cls(fused: torch.Tensor, layout: TokenLayout) -> torch.Tensor:
