@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -31,10 +29,6 @@ def photos(tmp_path_factory) -> list[Path]:
 @pytest.fixture(autouse=True)
 def private_cache(tmp_path_factory, monkeypatch):
     monkeypatch.setenv("VITPROBE_CACHE", str(tmp_path_factory.getbasetemp() / "cache"))
-
-
-def run_cli(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "vitprobe", *args], capture_output=True, text=True, timeout=600)
 
 
 @pytest.mark.parametrize(
@@ -118,9 +112,9 @@ def test_keypoints_tiny_model_every_method(tiny_dirs, photos, tmp_path):
 def test_keypoints_bad_inputs_give_one_line_each_and_the_rest_still_runs(tiny_dirs, tmp_path):
     expected = make_bad_corpus(tmp_path / "corpus")
     out = tmp_path / "out"
-    result = run_cli("keypoints", str(tmp_path / "corpus"), "--model", str(tiny_dirs["vit"]),
-                     "--short-side", "32", "--out", str(out))
-    assert result.returncode == 1
+    result = runner.invoke(app, ["keypoints", str(tmp_path / "corpus"), "--model", str(tiny_dirs["vit"]),
+                                 "--short-side", "32", "--out", str(out)])
+    assert result.exit_code == 1 and isinstance(result.exception, SystemExit)  # no exception escaped
     assert "Traceback" not in result.stderr
     errors = [line for line in result.stderr.splitlines() if line.startswith("vitprobe: error:")]
     bad = {name: reason for name, reason in expected.items() if reason is not None}
