@@ -180,9 +180,12 @@ def test_unsupported_specs_fail_in_one_line(spec, error, words):
     assert words in str(err.value) and "\n" not in str(err.value)
 
 
-def test_wrap_rejects_non_vit_modules():
+def test_wrap_rejects_non_vit_modules_and_other_attention():
     with pytest.raises(UnsupportedModelError, match="not supported"):
         timm_adapter.wrap(torch.nn.Linear(3, 3), "linear")
+    differential = tm.tiny(tm.FAMILIES["vit"], attn_layer="diff")  # softmax(q1·k1ᵀ) − λ·softmax(q2·k2ᵀ)
+    with pytest.raises(UnsupportedModelError, match="DiffAttention is not one vitprobe can recompute"):
+        timm_adapter.wrap(differential, "vit-diff")
 
 
 def test_missing_timm_gives_a_one_line_hint(monkeypatch):

@@ -30,6 +30,7 @@ log = logging.getLogger(__name__)
 
 MISSING_HINT = "timm is not installed (or its torchvision import fails): pip install 'vitprobe[timm]'"
 SUPPORTED_MODULES = ("vision_transformer", "deit", "eva")
+ATTENTION_CLASSES = ("Attention", "EvaAttention", "AttentionRope")  # softmax(q·kᵀ·scale), q/k via q_norm/k_norm
 _WHY_NOT = {
     "swin_transformer": "windowed attention (B·windows, heads, 49, 49) has no global attention map",
     "swin_transformer_v2": "windowed attention has no global attention map",
@@ -54,7 +55,7 @@ def _timm():
 
 
 def unsupported(name: str, module: str) -> UnsupportedModelError:
-    why = _WHY_NOT.get(module, f"timm module {module!r} has no global ViT self-attention known to vitprobe")
+    why = _WHY_NOT.get(module, f"the attention of timm module {module!r} is not one vitprobe can recompute")
     return UnsupportedModelError(
         f"timm model {name!r} is not supported ({why}); supported: vit_* (incl. DINO, AugReg, DINOv2, "
         f"registers), deit_* (incl. distilled), eva02_*"
@@ -102,22 +103,23 @@ class _RopeTap:
         return q, k
 
 
-def _check_attention(attn: nn.Module, layer: int) -> None:
-    needed = ("q_norm", "k_norm", "num_heads", "head_dim", "scale", "attn_drop", "fused_attn")
-    missing = [name for name in needed if not hasattr(attn, name)]
-    if missing:
+def _check_attention(block: nn.Module, layer: int) -> nn.Module:
+    """The block's attention, if it is one of timm's softmax(q·kᵀ·scale) modules vitprobe recomputes."""
+    attn = getattr(block, "attn", None)
+    kind = type(attn)
+    if kind.__name__ not in ATTENTION_CLASSES or not kind.__module__.startswith("timm."):
         raise UnsupportedModelError(
-            f"layer {layer}: timm attention {type(attn).__name__} lacks {', '.join(missing)}, so vitprobe cannot "
-            "capture it"
+            f"layer {layer}: timm attention {kind.__name__} is not one vitprobe can recompute from q and k "
+            f"(supported: {', '.join(ATTENTION_CLASSES)})"
         )
+    return attn
 
 
 def attention_sites(module: nn.Module) -> tuple[list[AttentionSite], list[_RopeTap]]:
     """One site per block: q and k from ``q_norm`` / ``k_norm``; RoPE models also get a tap per layer."""
     sites, taps = [], []
     for layer, block in enumerate(module.blocks):
-        attn = block.attn
-        _check_attention(attn, layer)
+        attn = _check_attention(block, layer)
         transform = None
         if "rope" in inspect.signature(attn.forward).parameters:
             tap = _RopeTap(attn)
