@@ -172,6 +172,7 @@ def test_load_by_spec_with_random_weights(tmp_path):
         ("timm:swin_tiny_patch4_window7_224", UnsupportedModelError, "windowed attention"),
         ("timm:vit_base_r50_s16_384", UnsupportedModelError, "convolutional stem"),
         ("timm:no_such_model_anywhere", ValueError, "unknown timm model"),
+        ("timm:vit_small_patch16_224.no_such_tag:random", ValueError, "Invalid pretrained tag"),
     ],
 )
 def test_unsupported_specs_fail_in_one_line(spec, error, words):

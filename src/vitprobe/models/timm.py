@@ -273,6 +273,8 @@ def load_timm(spec: str) -> VitModel:
         module = timm.create_model(name, pretrained=pretrained, dynamic_img_size=True)
     except (OSError, RuntimeError) as err:
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        if not pretrained:
+            raise ValueError(f"timm cannot build {name!r}: {first}") from None
         raise OSError(
             f"timm could not fetch pretrained weights for {name!r} ({first}); use 'timm:{name}:<file.safetensors>' "
             f"for local weights or 'timm:{name}:random'"
