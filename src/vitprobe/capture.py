@@ -230,11 +230,10 @@ def for_each_block(
             shape = (images.stop - images.start, heads, rows.stop - rows.start, t)
             size = math.prod(shape)
             s = torch.matmul(q[images, :, rows], kt[images], out=scores[:size].view(shape))
+            p = torch.softmax(s, dim=-1, out=probs[:size].view(shape))  # one fused pass per row
             s.sub_(s.amax(dim=-1, keepdim=True))
-            p = torch.exp(s, out=probs[:size].view(shape))
-            z = p.sum(dim=-1)
-            p.div_(z.unsqueeze(-1))
-            consume(AttentionBlock(images, rows, p, s, z.log_()))
+            log_z = p.amax(dim=-1).log_().neg_()  # the largest probability is exp(0) / z
+            consume(AttentionBlock(images, rows, p, s, log_z))
 
     workers = min(torch.get_num_threads(), len(spans)) if q.device.type == "cpu" else 1
     if workers > 1:
