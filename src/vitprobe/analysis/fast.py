@@ -73,18 +73,29 @@ class MeanDistance(RowReducer):
             self._dist[key] = pixel_distances(layout, device)
         self._layout = layout
         self._d = self._dist[key]
-        self._rows = torch.empty(batch, heads, layout.n_tokens, device=device)
+        self._rows = torch.empty(batch, heads, layout.n_tokens, device=device) if self.renormalize else None
+        self._sums: list[tuple[slice, torch.Tensor]] = []  # appended from the worker threads
+        self._shape = (batch, heads)
 
     def update(self, block: AttentionBlock) -> None:
-        per_row = torch.linalg.vecdot(block.probs, self._d[block.rows])  # (b, heads, r)
+        d = self._d[block.rows]  # (r, T); zero on prefix rows, so prefix queries add nothing
         if self.renormalize:
             patch_mass = block.probs[..., self._layout.n_prefix :].sum(dim=-1)
-            per_row = per_row / patch_mass.clamp_min(torch.finfo(torch.float32).tiny)
-        self._rows[block.images, :, block.rows] = per_row
+            per_row = torch.linalg.vecdot(block.probs, d) / patch_mass.clamp_min(torch.finfo(torch.float32).tiny)
+            self._rows[block.images, :, block.rows] = per_row
+        else:  # the block's rows summed at once: (b, heads, r·T) @ (r·T,), one pass over the block
+            b, h, r, t = block.probs.shape
+            self._sums.append((block.images, block.probs.view(b, h, r * t) @ d.reshape(r * t)))
 
     def finish(self) -> torch.Tensor:
-        rows, self._rows = self._rows, None
-        return rows[..., self._layout.n_prefix :].mean(dim=-1, dtype=torch.float64).float()
+        if self.renormalize:
+            rows, self._rows = self._rows, None
+            return rows[..., self._layout.n_prefix :].mean(dim=-1, dtype=torch.float64).float()
+        total = torch.zeros(self._shape, dtype=torch.float64, device=self._d.device)
+        for images, sums in self._sums:
+            total[images] += sums
+        self._sums = []
+        return (total / self._layout.n_patches).float()
 
 
 def rollout_cls(fused: torch.Tensor, layout: TokenLayout) -> torch.Tensor:
