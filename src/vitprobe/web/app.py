@@ -133,7 +133,7 @@ class DemoBackend:
         size = path.stat().st_size
         if size > self.max_upload_bytes:
             limit = self.max_upload_bytes / 2**20
-            raise DemoError(f"the upload is {size / 2**20:.1f} MiB; the limit is {limit:.0f} MiB")
+            raise DemoError(f"the upload is {size / 2**20:.3g} MiB; the limit is {limit:.3g} MiB")
         try:
             image = load_image(path, max_pixels=self.max_pixels)
         except ImageLoadError as err:
@@ -383,7 +383,8 @@ class DemoHandlers:
         return self.redraw({**new_state(), "image": key}, *controls)
 
     def redraw(self, state: dict, *controls) -> tuple:
-        """Draw the current image with the current controls: (state, overlay, figure, status, files)."""
+        """Draw the current image with the current controls: (state, overlay, figure, status, files);
+        the downloads of the previous view are hidden."""
         if not state.get("image"):
             return self._unchanged(state, NO_IMAGE)
         spec, view = self._view(state, controls)
@@ -396,7 +397,8 @@ class DemoHandlers:
             return self._unchanged(state, _error(f"internal error ({type(err).__name__}); see the server log"))
         shown = [*rendered.overlay.size, *rendered.grid_hw]
         figure = figure_image(rendered.figure)
-        return {**state, "shown": shown}, rendered.overlay, figure, rendered.caption, None
+        stale = self._gr.update(value=None, visible=False)  # downloads of an earlier view
+        return {**state, "shown": shown}, rendered.overlay, figure, rendered.caption, stale
 
     def click(self, xy: Sequence[float], state: dict, *controls) -> tuple:
         """A click on the overlay at pixel (x, y): show that patch's attention (method "Query patch").
@@ -429,15 +431,15 @@ class DemoHandlers:
                 *self.redraw({**state, "query": None}, *values.values()))
 
     def download(self, state: dict, *controls) -> tuple:
-        """Write maps.npz and figure.png of the current view: (files, status)."""
+        """Write maps.npz and figure.png of the current view and show them: (files, status)."""
         if not state.get("image"):
-            return None, NO_IMAGE
+            return self._gr.update(), NO_IMAGE
         spec, view = self._view(state, controls)
         try:
             files = self.backend.downloads(self.backend.render(spec, state["image"], view))
         except DemoError as err:
             return self._gr.update(), _error(str(err))
-        return [str(p) for p in files], "maps.npz and figure.png are ready below."
+        return self._gr.update(value=[str(p) for p in files], visible=True), "maps.npz and figure.png are ready below."
 
     def _view(self, state: dict, controls: Sequence) -> tuple[str, View]:
         values = dict(zip(CONTROLS, controls, strict=True))
@@ -527,7 +529,7 @@ def build_demo(
                 figure = gr.Image(label="Per-head / per-layer grid", type="pil", format="png", interactive=False,
                                   buttons=["download", "fullscreen"], elem_id="figure")
                 download = gr.Button("Prepare downloads (maps.npz, figure.png)", elem_id="download")
-                files = gr.File(label="Downloads", file_count="multiple", interactive=False, height=120,
+                files = gr.File(label="Downloads", file_count="multiple", interactive=False, visible=False,
                                 elem_id="files")
         controls = [model, method, layer, heads, layer_fusion, discard, alpha, cmap, marks]
         drawn = [state, overlay, figure, status, files]

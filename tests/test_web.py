@@ -1,0 +1,330 @@
+"""The web demo: the backend and the gradio handlers called directly, and the page driven in a real browser
+(Debian's chromium through Playwright; skipped where chromium, playwright or gradio is missing)."""
+
+from __future__ import annotations
+
+import io
+import json
+import re
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from typer.testing import CliRunner
+
+import vitprobe as vp
+from tests.corpus import make_bad_corpus
+from vitprobe.cli import app
+from vitprobe.web.app import DISPLAY_MAX, DemoBackend, DemoError, View, click_to_patch, new_state
+
+
+@pytest.fixture(scope="module")
+def photo(tmp_path_factory) -> Path:
+    """scikit-image's chelsea saved under a user's kind of file name."""
+    data = pytest.importorskip("skimage.data")
+    path = tmp_path_factory.mktemp("user") / "my holiday photo.jpg"
+    Image.fromarray(data.chelsea()).save(path, quality=92)
+    return path
+
+
+@pytest.fixture(scope="module")
+def backend(tiny_dirs, tmp_path_factory) -> DemoBackend:
+    return DemoBackend((str(tiny_dirs["vit"]), str(tiny_dirs["deit"])), work_dir=tmp_path_factory.mktemp("web"))
+
+
+def controls(spec: str, **changes) -> list:
+    """Control values in ``CONTROLS`` order, the page's defaults unless changed."""
+    values = {"model": spec, "method": "CLS map", "layer": 2, "heads": "mean", "layer_fusion": "mean",
+              "discard_ratio": 0.0, "alpha": 0.5, "cmap": "inferno", "keypoints": False, **changes}
+    return list(values.values())
+
+
+def test_models_only_from_the_allow_list(backend, tmp_path):
+    with pytest.raises(DemoError, match="not offered"):
+        backend.model("offline")
+    broken = DemoBackend((str(tmp_path / "no-model"),), work_dir=tmp_path / "w")
+    with pytest.raises(DemoError, match="cannot load model"):
+        broken.model(str(tmp_path / "no-model"))
+
+
+def test_upload_is_stored_under_a_generated_name(backend, photo):
+    before = set((backend.work_dir / "uploads").iterdir())
+    key = backend.store_upload(photo)
+    added = set((backend.work_dir / "uploads").iterdir()) - before
+    assert len(added) == 1
+    stored = added.pop()
+    assert re.fullmatch(r"[0-9a-f]{32}\.png", stored.name) and key == f"upload:{stored.stem}"
+    assert not any("holiday" in p.name for p in backend.work_dir.rglob("*"))
+    assert photo.exists()  # the user's own file is left alone
+    np.testing.assert_array_equal(np.asarray(backend.image(key)), np.asarray(Image.open(photo).convert("RGB")))
+    with pytest.raises(DemoError, match="no image"):
+        backend.image("upload:../../etc/passwd")
+
+
+def test_upload_limits_and_bad_images_give_one_line(tiny_dirs, photo, tmp_path):
+    small = DemoBackend((str(tiny_dirs["vit"]),), work_dir=tmp_path / "w", max_upload_bytes=10_000)
+    size = photo.stat().st_size / 2**20
+    with pytest.raises(DemoError, match=rf"the upload is {size:.3g} MiB; the limit is 0.00954 MiB"):
+        small.store_upload(photo)
+    few = DemoBackend((str(tiny_dirs["vit"]),), work_dir=tmp_path / "w2", max_pixels=50_000)
+    with pytest.raises(DemoError, match=r"too large \(451x300 = 0.1 Mpx > limit 50000 px\)"):
+        few.store_upload(photo)
+    plain = DemoBackend((str(tiny_dirs["vit"]),), work_dir=tmp_path / "w3")
+    corpus = make_bad_corpus(tmp_path / "corpus")
+    for name, reason in corpus.items():
+        if reason is None:
+            continue
+        with pytest.raises(DemoError) as caught:
+            plain.store_upload(tmp_path / "corpus" / name)
+        message = str(caught.value)
+        assert reason in message and "\n" not in message and name not in message  # no server path shown
+    assert list((tmp_path / "w2" / "uploads").iterdir()) == list((tmp_path / "w3" / "uploads").iterdir()) == []
+
+
+@pytest.mark.parametrize(
+    ("view", "expected"),
+    [
+        (View("CLS map", layer=1, heads="head 2"), lambda m, img: vp.cls_attention(m.capture(img))[1, 0, 2]),
+        (View("CLS map", layer=-1, heads="max"),
+         lambda m, img: vp.fuse_heads(vp.cls_attention(m.capture(img))[2, 0], "max")),
+        (View("Query patch", layer=0, heads="mean", query=(1, 2)),
+         lambda m, img: vp.query_attention(m.capture(img, full_layers=[0]), (1, 2), 0)[0].mean(0)),
+        (View("Rollout", heads="min", discard_ratio=0.5),
+         lambda m, img: vp.rollout(m.capture(img, fuse=("min",)), 0.5, "min")[0]),
+        (View("Layer aggregation", heads="mean", layer_fusion="max"),
+         lambda m, img: vp.aggregate_layers(vp.fuse_heads(vp.cls_attention(m.capture(img))[:, 0], "mean"), "max")),
+    ],
+)
+def test_render_draws_the_chosen_map(backend, tiny_dirs, photo, view, expected):
+    spec = str(tiny_dirs["vit"])
+    key = backend.store_upload(photo)
+    rendered = backend.render(spec, key, view)
+    model = backend.model(spec)
+    torch.testing.assert_close(rendered.heat, expected(model, photo), rtol=0, atol=1e-6)
+    np.testing.assert_array_equal(rendered.arrays["map"], rendered.heat.numpy())
+    assert rendered.grid_hw == (4, 4) and max(rendered.overlay.size) <= DISPLAY_MAX
+    assert rendered.overlay.size == (451, 300)  # the tiny model resizes the whole photo: all of it is shown
+    assert rendered.figure.axes  # a grid of panels
+
+
+def test_render_rejects_bad_views(backend, tiny_dirs, photo):
+    spec, key = str(tiny_dirs["vit"]), backend.store_upload(photo)
+    for view, message in [(View(heads="head 9"), "head 0..3"), (View(layer=5), "layer 5 does not exist"),
+                          (View("Query patch", query=(4, 0)), "outside the 4×4 grid")]:
+        with pytest.raises(DemoError, match=re.escape(message)):
+            backend.render(spec, key, view)
+
+
+def test_click_to_patch_maps_pixels_to_the_grid():
+    size, grid = (400, 300), (4, 4)  # (width, height), (H, W)
+    assert click_to_patch((0, 0), size, grid) == (0, 0)
+    assert click_to_patch((399.9, 299.9), size, grid) == (3, 3)
+    assert click_to_patch((150, 80), size, grid) == (1, 1)
+    assert click_to_patch((99, 226), size, grid) == (3, 0)
+    assert click_to_patch((500, -3), size, grid) == (0, 3)  # clamped onto the grid
+
+
+def test_downloads_hold_the_map_and_the_figure(backend, tiny_dirs, photo):
+    rendered = backend.render(str(tiny_dirs["vit"]), backend.store_upload(photo), View("CLS map", heads="head 1"))
+    npz_path, png_path = backend.downloads(rendered)
+    with np.load(npz_path) as maps:
+        np.testing.assert_array_equal(maps["map"], rendered.heat.numpy())
+        assert maps["per_head"].shape == (4, 4, 4) and list(maps["layers"]) == [0, 1, 2]
+    with Image.open(png_path) as figure:
+        assert figure.format == "PNG" and figure.width > 300
+
+
+# --- gradio handlers, called directly ---
+
+
+@pytest.fixture(scope="module")
+def handlers(backend):
+    pytest.importorskip("gradio")
+    from vitprobe.web.app import DemoHandlers
+
+    return DemoHandlers(backend)
+
+
+def is_unchanged(value) -> bool:
+    return isinstance(value, dict) and value.get("__type__") == "update" and len(value) == 1
+
+
+def test_upload_handler_removes_gradios_copy_and_draws(handlers, tiny_dirs, photo, tmp_path, monkeypatch):
+    monkeypatch.setenv("GRADIO_TEMP_DIR", str(tmp_path / "gradio"))
+    copy = tmp_path / "gradio" / "3f2a" / photo.name  # where gradio puts an upload: <hash>/<client name>
+    copy.parent.mkdir(parents=True)
+    shutil.copy(photo, copy)
+    state, overlay, figure, status, files = handlers.upload(str(copy), new_state(), *controls(str(tiny_dirs["vit"])))
+    assert not copy.parent.exists()
+    assert state["image"].startswith("upload:") and state["shown"] == [451, 300, 4, 4]
+    assert isinstance(overlay, Image.Image) and isinstance(figure, Image.Image)
+    assert files["visible"] is False and files["value"] is None  # no stale downloads of another view
+    assert re.fullmatch(r".*vit, 4×4 patches of 8 px: CLS attention, layer 2, mean; values \S+ to \S+", status)
+    handlers.upload(str(photo), new_state(), *controls(str(tiny_dirs["vit"])))
+    assert photo.exists()  # a file outside gradio's upload folder is never deleted
+
+
+def test_sample_handler_draws_a_sample_photo(handlers, tiny_dirs):
+    pytest.importorskip("skimage")
+    state, overlay, _, status, _ = handlers.sample("coffee", new_state(), *controls(str(tiny_dirs["vit"])))
+    assert state["image"] == "sample:coffee" and overlay.size == (600, 400) and "CLS attention" in status
+    out = handlers.sample("moon", new_state(), *controls(str(tiny_dirs["vit"])))
+    assert out[3] == "**Error:** unknown sample 'moon'"
+
+
+def test_bad_upload_shows_one_line_and_keeps_the_page(handlers, tiny_dirs, tmp_path):
+    bad = tmp_path / "notes.jpg"
+    bad.write_text("not a picture\n")
+    state = {**new_state(), "image": "sample:chelsea"}
+    out = handlers.upload(str(bad), state, *controls(str(tiny_dirs["vit"])))
+    assert out[0] == state and all(is_unchanged(v) for v in (out[1], out[2], out[4]))
+    assert out[3] == "**Error:** the upload cannot be used: not an image file"
+
+
+def test_unexpected_failure_shows_no_traceback(handlers, tiny_dirs, monkeypatch):
+    def explode(*args):
+        raise RuntimeError("boom\n  File /secret/path.py, line 1")
+
+    monkeypatch.setattr(handlers.backend, "render", explode)
+    out = handlers.redraw({**new_state(), "image": "sample:chelsea"}, *controls(str(tiny_dirs["vit"])))
+    assert out[3] == "**Error:** internal error (RuntimeError); see the server log"
+
+
+def test_click_handler_switches_to_the_clicked_patch(handlers, tiny_dirs, photo):
+    spec = str(tiny_dirs["vit"])
+    state = handlers.upload(str(photo), new_state(), *controls(spec))[0]
+    method, state, overlay, _, status, _ = handlers.click((440, 10), state, *controls(spec, layer=1))
+    assert method == "Query patch" and state["query"] == (0, 3)
+    assert "attention of patch (row 0, col 3), layer 1, mean" in status
+    expected = vp.query_attention(handlers.backend.model(spec).capture(photo, full_layers=[1]), (0, 3), 1)[0]
+    torch.testing.assert_close(handlers.backend.render(spec, state["image"], View("Query patch", layer=1, query=(0, 3)))
+                               .heat, expected.mean(0), rtol=0, atol=1e-6)
+
+
+def test_model_change_fits_the_controls_and_download_handler(handlers, tiny_dirs, photo):
+    vit, deit = str(tiny_dirs["vit"]), str(tiny_dirs["deit"])
+    state = handlers.upload(str(photo), new_state(), *controls(vit))[0]
+    layer, heads, state, _, _, status, _ = handlers.change_model(state, *controls(deit, heads="head 3"))
+    assert layer["maximum"] == 2 and heads["choices"] == ["mean", "max", "min", "head 0", "head 1", "head 2", "head 3"]
+    assert status.startswith(deit) and "head 3" in status
+    files, message = handlers.download(state, *controls(deit))
+    assert [Path(f).name for f in files["value"]] == ["maps.npz", "figure.png"] and files["visible"]
+    assert "ready" in message
+    out = handlers.change_model(state, *controls("offline"))
+    assert out[5] == "**Error:** model 'offline' is not offered by this demo"
+
+
+# --- the page in a real browser ---
+
+BROWSER_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+                "--disable-sync", "--no-first-run"]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_page_in_a_real_browser(tiny_dirs, photo, tmp_path, monkeypatch):
+    chromium = shutil.which("chromium")
+    if chromium is None:
+        pytest.skip("Debian's chromium is not installed (apt-get install chromium)")
+    pytest.importorskip("gradio")
+    sync_api = pytest.importorskip("playwright.sync_api")
+    from vitprobe.web import build_demo
+
+    monkeypatch.setenv("GRADIO_TEMP_DIR", str(tmp_path / "gradio"))
+    demo = build_demo([str(tiny_dirs["vit"])], work_dir=tmp_path / "work")
+    port = free_port()
+    demo.launch(server_name="127.0.0.1", server_port=port, share=False, prevent_thread_lock=True, quiet=True)
+    elsewhere: list[str] = []
+    try:
+        with sync_api.sync_playwright() as pw:
+            browser = pw.chromium.launch(executable_path=chromium, args=BROWSER_ARGS)
+            try:
+                page = browser.new_page(viewport={"width": 1280, "height": 1000})
+                page.set_default_timeout(30_000)
+                page.on("request", lambda r: None if r.url.startswith((f"http://127.0.0.1:{port}", "data:", "blob:"))
+                        else elsewhere.append(r.url))
+                page.goto(f"http://127.0.0.1:{port}/")
+
+                def overlay_after(old: str | None) -> tuple[str, np.ndarray]:
+                    page.wait_for_function("old => { const i = document.querySelector('#overlay img');"
+                                           " return i && i.src && i.src !== old; }", arg=old)
+                    src = page.get_attribute("#overlay img", "src")
+                    return src, np.asarray(Image.open(io.BytesIO(page.request.get(src).body())).convert("RGB"))
+
+                page.set_input_files("input[type=file]", str(photo))
+                src_last, last_layer = overlay_after(None)
+                assert "CLS attention, layer 2, mean" in page.inner_text("#status")
+                page.fill("#layer input[type=number]", "0")
+                page.press("#layer input[type=number]", "Enter")
+                src_first, first_layer = overlay_after(src_last)
+                assert "CLS attention, layer 0, mean" in page.inner_text("#status")
+                assert first_layer.shape == last_layer.shape == (300, 451, 3)
+                assert np.abs(first_layer.astype(float) - last_layer).mean() > 2  # another layer, another map
+                box = page.locator("#overlay img").bounding_box()
+                page.mouse.click(box["x"] + 0.1 * box["width"], box["y"] + 0.9 * box["height"])
+                overlay_after(src_first)
+                assert "attention of patch (row 3, col 0), layer 0" in page.inner_text("#status")
+                assert page.is_checked("#method input[value='Query patch']")
+                page.screenshot(path=str(tmp_path / "demo.png"), full_page=True)
+                (tmp_path / "bad.png").write_bytes(b"\x89PNG\r\n\x1a\n broken")
+                page.set_input_files("input[type=file]", str(tmp_path / "bad.png"))
+                page.wait_for_function("() => document.querySelector('#status').innerText.includes('Error')")
+                assert page.inner_text("#status") == "Error: the upload cannot be used: not an image file"
+                assert "Traceback" not in page.content()
+            finally:
+                browser.close()
+    finally:
+        demo.close()
+    assert elsewhere == []  # nothing but the local server is contacted
+    assert not any((tmp_path / "gradio").rglob("my holiday photo.jpg"))  # gradio's named copy is gone
+    with Image.open(tmp_path / "demo.png") as shot:
+        assert shot.width == 1280 and shot.height > 900
+
+
+def test_serve_command_serves_the_page_on_localhost(tiny_dirs, tmp_path):
+    pytest.importorskip("gradio")
+    port = free_port()
+    server = subprocess.Popen([sys.executable, "-m", "vitprobe", "serve", "--model", str(tiny_dirs["vit"]),
+                               "--port", str(port)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        page = None
+        for _ in range(120):  # bounded wait for the server to come up (at most about a minute)
+            if server.poll() is not None:
+                pytest.fail(f"vitprobe serve exited with {server.returncode}: {server.stdout.read()}")
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/config", timeout=2) as response:
+                    page = json.loads(response.read())
+                    break
+            except OSError:
+                time.sleep(0.5)
+        assert page is not None and page["title"] == "vitprobe"
+        offered = [c["props"].get("choices") for c in page["components"] if c["props"].get("label") == "Model"]
+        assert offered == [[[str(tiny_dirs["vit"])] * 2]]  # the allow-list: exactly the one spec given
+    finally:
+        server.terminate()
+        output = server.communicate(timeout=30)[0]
+    assert f"http://127.0.0.1:{port}" in output and "Traceback" not in output
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [(["--model", "/no/such/model"], "cannot load model '/no/such/model'"), (["--port", "0"], "--port must be")],
+)
+def test_serve_bad_options_fail_with_one_line(args, message):
+    pytest.importorskip("gradio")
+    result = CliRunner().invoke(app, ["serve", *args])
+    assert result.exit_code == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and message in lines[0], result.stderr
