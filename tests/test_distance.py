@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from vitprobe.analysis.distance import distance_bound, mean_attention_distance, patch_distances
+from vitprobe.analysis.distance import distance_bound, mean_attention_distance, patch_distances, uniform_distance
 from vitprobe.analysis.fast import MeanDistance
 from vitprobe.layout import TokenLayout
 from vitprobe.models.hf import load_hf
@@ -71,6 +71,7 @@ def test_uniform_on_14x14_with_16px_patches_is_116_49px():
     for renormalize in (False, True):
         value = mean_attention_distance(uniform_patches, VIT_B16, renormalize)
         assert torch.allclose(value, torch.full((1, 2), 116.49), atol=5e-3)
+    assert uniform_distance(VIT_B16) == pytest.approx(116.49, abs=5e-3)
     # uniform over all 197 tokens: 1/197 on CLS counts as distance 0 unless rows are renormalised
     uniform_all = torch.full((1, 1, t, t), 1.0 / t)
     plain = mean_attention_distance(uniform_all, VIT_B16, renormalize=False).item()

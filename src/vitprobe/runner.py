@@ -44,7 +44,7 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
 from .analysis.accumulate import Accumulator, Moments
-from .analysis.distance import distance_bound
+from .analysis.distance import distance_bound, uniform_distance
 from .analysis.entropy import SpreadLevels, map_entropy
 from .analysis.fast import MeanDistance, RowEntropy
 from .analysis.maps import cls_maps
@@ -421,6 +421,7 @@ def aggregate_summary(
     if input_sizes:
         grid = model.layout(tuple(input_sizes[0]["input_hw"]))
         out["distance_bound_px"] = distance_bound(grid)
+        out["distance_uniform_px"] = uniform_distance(grid)
         out["entropy_max_nats"] = {"row": math.log(grid.n_tokens), "map": math.log(grid.n_patches)}
     if "spread" in accs:
         spread = accs["spread"].compute()
@@ -432,7 +433,7 @@ def aggregate_summary(
             "metric": "entropy_cls_map",
             "layer": model.resolve_layers([opts.spread_layer])[0],
             "edges": spread["edges"],
-            "levels": {k: levels[k] for k in sorted(levels)},
+            "levels": {k: sorted(levels[k], key=lambda m: m["entropy_cls_map"]) for k in sorted(levels)},
         }
     return _clean(out)
 

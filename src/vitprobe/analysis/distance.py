@@ -41,6 +41,13 @@ def distance_bound(layout: TokenLayout) -> float:
     return layout.patch_size * math.hypot(h - 1, w - 1)
 
 
+def uniform_distance(layout: TokenLayout) -> float:
+    """Mean attention distance of uniform attention over the patches: the mean pixel distance between
+    two patch centres (116.49 px on a 14×14 grid of 16-px patches), a reference between local and global."""
+    d = patch_distances(layout)[layout.n_prefix :, layout.n_prefix :]
+    return float(d.double().mean())
+
+
 def mean_attention_distance(
     attn: torch.Tensor, layout: TokenLayout, renormalize: bool = False, dist: torch.Tensor | None = None
 ) -> torch.Tensor:

@@ -33,30 +33,32 @@ def distance_scatter(
     mean: MapLike,
     layer_ids: Sequence[int],
     title: str = "Mean attention distance",
-    bound: float | None = None,
+    uniform: float | None = None,
     ylabel: str = "mean attention distance (px)",
 ) -> Figure:
-    """Dataset mean distance (L, heads): one point per head at x = layer, the mean over heads as a line,
-    and the largest possible distance ``bound`` as a dashed line."""
+    """Dataset mean distance (L, heads): one point per head at x = layer (seed 003's figure), the
+    mean over heads as a line, and the value of ``uniform`` attention as a dashed line."""
     values = as_numpy(mean)
     if values.ndim != 2 or values.shape[0] != len(layer_ids):
         raise ValueError(f"expected (layers, heads) for {len(layer_ids)} layers, got {values.shape}")
-    fig = _figure(6.4, 4.0)
+    fig = _figure(6.4, 3.8)
     ax = fig.add_subplot()
     cmap = matplotlib.colormaps[HEAD_CMAP]
     x = np.asarray(layer_ids)
     for h in range(values.shape[1]):
         ax.scatter(x, values[:, h], s=22, color=cmap(h % cmap.N), label=f"head {h}", zorder=3)
     ax.plot(x, values.mean(axis=1), color="black", lw=1.2, label="mean over heads", zorder=2)
-    if bound is not None:
-        ax.axhline(bound, color="grey", ls="--", lw=1, label=f"largest possible ({bound:.0f} px)")
-    ax.set_ylim(bottom=0)
+    top = float(np.nanmax(values))
+    if uniform is not None:
+        ax.axhline(uniform, color="grey", ls="--", lw=1, label=f"uniform attention ({uniform:.0f} px)")
+        top = max(top, uniform)
+    ax.set_ylim(0, 1.08 * top)
     ax.set_xticks(x)
     ax.set_xlabel("layer")
     ax.set_ylabel(ylabel)
-    ax.set_title(title)
+    ax.set_title(title, fontsize=10)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=7, ncol=2, loc="lower right")
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     return fig
 
 
@@ -69,7 +71,7 @@ def entropy_plot(
 ) -> Figure:
     """One panel per entry of ``per_head`` (L, heads): points per head and the mean over heads; each
     ``per_layer`` curve (L,) is drawn in every panel; ``limits`` draws named horizontal lines (e.g. log T)."""
-    fig = _figure(4.2 * len(per_head), 3.8)
+    fig = _figure(3.9 * len(per_head) + 1.4, 3.6)
     axes = fig.subplots(1, len(per_head), squeeze=False)[0]
     cmap = matplotlib.colormaps[HEAD_CMAP]
     x = np.asarray(layer_ids)
@@ -88,7 +90,7 @@ def entropy_plot(
         ax.set_ylabel("entropy (nats)")
         ax.set_ylim(bottom=0)
         ax.grid(alpha=0.3)
-    axes[-1].legend(fontsize=7, ncol=2, loc="lower right")
+    axes[-1].legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     fig.suptitle(title)
     return fig
 
@@ -121,19 +123,19 @@ def filters_figure(filters: MapLike, title: str, ncols: int = 16, subtitle: str 
 
 
 def position_grid_figure(
-    sim: MapLike, title: str = "Position-embedding similarity", max_cells: int = 14, cmap: str = "viridis"
+    sim: MapLike, title: str = "Position-embedding similarity", max_cells: int = 12, cmap: str = "viridis"
 ) -> Figure:
     """Similarity (H, W, H, W): cell (r, c) of the grid shows the map (H, W) sim[r, c]; at most
-    ``max_cells`` cells per side (positions subsampled evenly). Colours span −1..1 (cosine)."""
+    ``max_cells`` cells per side (positions subsampled evenly). One colour scale, min..max of all maps."""
     s = as_numpy(sim)
     h, w = s.shape[:2]
     rows = np.unique(np.linspace(0, h - 1, min(h, max_cells)).round().astype(int))
     cols = np.unique(np.linspace(0, w - 1, min(w, max_cells)).round().astype(int))
     maps = np.stack([s[r, c] for r in rows for c in cols])
-    lo, hi = (-1.0, 1.0) if s.min() >= -1 - 1e-6 and s.max() <= 1 + 1e-6 else (float(s.min()), float(s.max()))
+    lo, hi = float(s.min()), float(s.max())
     colours = matplotlib.colormaps[cmap]((maps - lo) / (hi - lo))[..., :3]
     mosaic = tile_grid(colours, len(cols), gap=max(1, h // 6))
-    fig = _figure(7.0, 7.0 * mosaic.shape[0] / mosaic.shape[1] + 0.6)
+    fig = _figure(7.5, 7.5 * mosaic.shape[0] / mosaic.shape[1] + 0.4)
     ax = fig.add_subplot()
     image = ax.imshow(mosaic, interpolation="nearest")
     image.set_cmap(cmap)
@@ -143,7 +145,7 @@ def position_grid_figure(
     ax.set_xlabel("input patch column")
     ax.set_ylabel("input patch row")
     ax.set_title(title, fontsize=10)
-    fig.colorbar(image, ax=ax, shrink=0.6, label="cosine similarity")
+    fig.colorbar(image, ax=ax, shrink=0.6, label="similarity")
     return fig
 
 

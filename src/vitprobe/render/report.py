@@ -35,7 +35,7 @@ from .plots import (
 )
 
 FILES = "report_files"
-THUMB_PX = 224
+THUMB_PX = 176
 MAX_FILTERS = 128
 
 
@@ -45,7 +45,7 @@ class ReportOptions:
     the (H, W) the run resized to, if any (the report must show what the run measured)."""
 
     examples: int = 4
-    per_level: int = 6
+    per_level: int = 4
     size: tuple[int, int] | None = None
     cmap: str = "inferno"
 
@@ -95,14 +95,15 @@ def write_report(model: VitModel, out_dir: Path, aggregates: dict, opts: ReportO
         save_figure(fig, files / name, dpi=100)
         figures[name.removesuffix(".png")] = f"{FILES}/{name}"
 
-    bound = aggregates.get("distance_bound_px")
+    bound, uniform = aggregates.get("distance_bound_px"), aggregates.get("distance_uniform_px")
     if "mean_attention_distance" in metrics:
         save(distance_scatter(np.asarray(metrics["mean_attention_distance"]["mean"], dtype=float), layers,
-                              "Mean attention distance (prefix mass = distance 0)", bound), "distance.png")
+                              "Mean attention distance (prefix mass = distance 0)", uniform), "distance.png")
         save(distance_scatter(np.asarray(metrics["mean_attention_distance_renormalized"]["mean"], dtype=float), layers,
-                              "Mean attention distance (rows renormalised over patches)", bound),
+                              "Mean attention distance (rows renormalised over patches)", uniform),
              "distance_renormalized.png")
-    per_head = {name: np.asarray(metrics[name]["mean"], dtype=float) for name in ("entropy_cls", "entropy_rows")
+    panels = {"entropy_cls": "CLS row over all tokens", "entropy_rows": "all query rows (mean)"}
+    per_head = {label: np.asarray(metrics[name]["mean"], dtype=float) for name, label in panels.items()
                 if name in metrics}
     if per_head:
         per_layer = ({"head-mean CLS map": np.asarray(metrics["entropy_cls_map"]["mean"], dtype=float)}
@@ -127,6 +128,7 @@ def write_report(model: VitModel, out_dir: Path, aggregates: dict, opts: ReportO
         "input_sizes": aggregates["input_sizes"],
         "timing": aggregates.get("timing"),
         "bound": bound,
+        "uniform": uniform,
         "figures": figures,
         "table": _per_layer_table(aggregates),
         "levels": levels,
@@ -172,7 +174,8 @@ def _embedding_figures(model: VitModel, aggregates: dict, save) -> dict:
         grid = model.position_grid.float().cpu()
         sim = position_similarity(grid)
         h, w = grid.shape[:2]
-        save(position_grid_figure(sim, f"Cosine similarity of position embeddings (learned {h}×{w} table)"),
+        save(position_grid_figure(sim, f"Cosine similarity of position embeddings (learned {h}×{w} table)\n"
+                                       "cell (row, col): similarity of that position to every position"),
              "positions.png")
         save(similarity_matrix_figure(sim.reshape(h * w, h * w),
                                       f"Position-embedding similarity, {h * w}×{h * w} (seed 003's view)"),
