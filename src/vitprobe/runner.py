@@ -444,7 +444,8 @@ def run_analysis(
     """Analyse ``images`` into ``out`` (resuming what a previous run of the same command finished).
 
     Every rank runs its shard; rank 0 then merges all parts and returns the aggregates, with this
-    session's ``timing`` (images/s, peak memory per rank) added; other ranks return None.
+    session's ``timing`` (images/s, peak memory per rank; also written to ``timing.json``, apart from
+    the results, which do not depend on the session) added; other ranks return None.
     """
     ranks = ranks or Ranks()
     if opts.batch_size < 1:
@@ -473,4 +474,5 @@ def run_analysis(
         "images_per_second": done / seconds if seconds > 0 else None,
         "peak_rss_mb_per_rank": [t["peak_rss_mb"] for t in per_rank],
     }
+    atomic_write_text(store.root / "timing.json", json.dumps(aggregates["timing"], indent=1))
     return aggregates
