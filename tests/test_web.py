@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import re
 import shutil
 import socket
@@ -296,8 +297,10 @@ def test_page_in_a_real_browser(tiny_dirs, photo, tmp_path, monkeypatch):
 def test_serve_command_serves_the_page_on_localhost(tiny_dirs, tmp_path):
     pytest.importorskip("gradio")
     port = free_port()
+    env = {**os.environ, "TMPDIR": str(tmp_path)}  # where serve keeps uploads while it runs
     server = subprocess.Popen([sys.executable, "-m", "vitprobe", "serve", "--model", str(tiny_dirs["vit"]),
-                               "--port", str(port)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+                               "--port", str(port)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                              env=env)
     try:
         page = None
         for _ in range(120):  # bounded wait for the server to come up (at most about a minute)
@@ -312,10 +315,13 @@ def test_serve_command_serves_the_page_on_localhost(tiny_dirs, tmp_path):
         assert page is not None and page["title"] == "vitprobe"
         offered = [c["props"].get("choices") for c in page["components"] if c["props"].get("label") == "Model"]
         assert offered == [[[str(tiny_dirs["vit"])] * 2]]  # the allow-list: exactly the one spec given
+        assert len(list(tmp_path.glob("vitprobe-serve-*"))) == 1
     finally:
         server.terminate()
         output = server.communicate(timeout=30)[0]
-    assert f"http://127.0.0.1:{port}" in output and "Traceback" not in output
+    assert f"vitprobe: demo on http://127.0.0.1:{port}/ offering {tiny_dirs['vit']}" in output
+    assert "Traceback" not in output and "share=True" not in output
+    assert list(tmp_path.glob("vitprobe-serve-*")) == []  # stopped with SIGTERM: its files are gone
 
 
 @pytest.mark.parametrize(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import tempfile
 from pathlib import Path
 from typing import Annotated
@@ -49,7 +50,14 @@ def register(app: typer.Typer) -> None:
             except (ImportError, DemoError) as err:
                 raise fail(str(err)) from None
             try:
-                demo.launch(server_name=host, server_port=port, share=False, max_file_size=max_bytes,
-                            show_error=False)
+                _, url, _ = demo.launch(server_name=host, server_port=port, share=False, max_file_size=max_bytes,
+                                        show_error=False, prevent_thread_lock=True, quiet=True)
             except OSError as err:
                 raise fail(f"cannot serve on {host}:{port}: {str(err).splitlines()[0]}") from None
+            typer.echo(f"vitprobe: demo on {url} offering {', '.join(specs)}; Ctrl-C stops it")
+            signal.signal(signal.SIGTERM, _interrupt)  # a plain kill also stops the server and removes the uploads
+            demo.block_thread()
+
+
+def _interrupt(_signum: int, _frame: object) -> None:
+    raise KeyboardInterrupt
