@@ -219,3 +219,15 @@ def test_missing_extra_fails_with_a_one_line_hint(tiny_dirs, photo_dir, tmp_path
     assert result.exit_code == 2
     lines = result.output.strip().splitlines()
     assert len(lines) == 1 and "vitprobe[analyze]" in lines[0]
+
+
+def test_no_readable_image_exits_1_with_the_failures_listed(tiny_dirs, photo_dir, tmp_path):
+    folder = tmp_path / "bad"
+    folder.mkdir()
+    for name in ("img05_broken.jpg", "notes.png"):
+        (folder / name).write_bytes((photo_dir / name).read_bytes())
+    result = runner.invoke(app, ["analyze", str(folder), "--model", str(tiny_dirs["vit"]), "--out",
+                                 str(tmp_path / "out"), "--no-progress"])
+    assert result.exit_code == 1 and "none of the 2 images could be analysed" in result.output
+    assert len((tmp_path / "out" / "failures.csv").read_text().splitlines()) == 3
+    assert not (tmp_path / "out" / "report.html").exists()

@@ -179,7 +179,7 @@ class _BatchLoader(Dataset):
                 loaded.append((image_index, pixels))
             except ImageLoadError as err:
                 failures.append((str(path), err.reason))
-            except Exception as err:  # noqa: BLE001 - a bad file is recorded, never stops the run
+            except Exception as err:  # any other reason a file cannot be used: recorded, never stops the run
                 failures.append((str(path), f"{type(err).__name__}: {err}"))
         return index, loaded, failures
 

@@ -35,7 +35,8 @@ def register(app: typer.Typer) -> None:
         """Measure attention over a dataset: per-image records (Parquet), aggregates, failures and an HTML report.
 
         Run it again with the same arguments to resume; under ``torchrun --nproc_per_node=K`` each
-        process takes every K-th batch.
+        process takes every K-th batch. Images that cannot be read are listed in failures.csv; the
+        exit code is 1 only when no image could be analysed.
         """
         import torch
 
@@ -86,11 +87,15 @@ def register(app: typer.Typer) -> None:
                 raise fail("interrupted; finished batches are kept: run the same command to resume", 130) from None
             if aggregates is None:  # not rank 0
                 return
+            counts = aggregates["images"]
+            if counts["analysed"] == 0:
+                raise fail(f"none of the {counts['listed']} images could be analysed; reasons in "
+                           f"{Path(out) / 'failures.csv'}", 1)
             if report:
                 from ..render.report import ReportOptions, write_report
 
                 write_report(vit, out, aggregates, ReportOptions(examples=examples, size=size))
-            counts, timing = aggregates["images"], aggregates["timing"]
+            timing = aggregates["timing"]
             speed = timing["images_per_second"]
             typer.echo(
                 f"{counts['analysed']} of {counts['listed']} images analysed with {vit.name}, "

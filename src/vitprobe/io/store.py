@@ -142,7 +142,10 @@ class RunStore:
         part = self.part_dir(rank, world)
         if part.exists():
             for leftover in part.glob(_TMP + "*"):
-                shutil.rmtree(leftover) if leftover.is_dir() else leftover.unlink()
+                if leftover.is_dir():
+                    shutil.rmtree(leftover)
+                else:
+                    leftover.unlink()
 
     def done_batches(self, world: int) -> dict[int, Path]:
         """Finished batches of every rank: global batch index -> its folder."""
