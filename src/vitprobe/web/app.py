@@ -199,6 +199,8 @@ class DemoBackend:
         except ValueError as err:
             raise DemoError(str(err)) from None
         head = _parse_heads(view.heads, model.num_heads)
+        if view.layer_fusion not in FUSIONS or view.cmap not in COLORMAPS:
+            raise DemoError(f"layer aggregation must be one of {FUSIONS} and the colormap one of {COLORMAPS}")
         style = {"cmap": view.cmap, "alpha": view.alpha}
         cls_cap = self.capture(spec, key, ("cls",))
         if cls_cap.cls is None:
@@ -207,18 +209,17 @@ class DemoBackend:
         picture = cls_cap.images[0]
         per_layer_heads = cls_attention(cls_cap)[:, 0]  # (L, heads, H, W)
         describe = f"{model.name}, {grid_hw[0]}×{grid_hw[1]} patches of {model.patch_size} px: "
-        marks: dict[str, Any] = {}
+        query = None
         if view.method in ("CLS map", "Query patch"):
             if view.method == "CLS map":
                 heads = per_layer_heads[layer]
-                what, title = f"CLS attention, layer {layer}", f"CLS attention, layer {layer}"
+                what = title = f"CLS attention, layer {layer}"
             else:
-                row, col = view.query or (grid_hw[0] // 2, grid_hw[1] // 2)
-                if not (0 <= row < grid_hw[0] and 0 <= col < grid_hw[1]):
-                    raise DemoError(f"patch ({row}, {col}) is outside the {grid_hw[0]}×{grid_hw[1]} grid")
-                heads = query_attention(self.capture(spec, key, ("full", layer)), (row, col), layer)[0]
-                what = title = f"attention of patch (row {row}, col {col}), layer {layer}"
-                marks["query"] = (row, col)
+                query = view.query or (grid_hw[0] // 2, grid_hw[1] // 2)
+                if not (0 <= query[0] < grid_hw[0] and 0 <= query[1] < grid_hw[1]):
+                    raise DemoError(f"patch {query} is outside the {grid_hw[0]}×{grid_hw[1]} grid")
+                heads = query_attention(self.capture(spec, key, ("full", layer)), query, layer)[0]
+                what = title = f"attention of patch (row {query[0]}, col {query[1]}), layer {layer}"
             heat = heads[head] if isinstance(head, int) else fuse_heads(heads, head)
             what += f", {view.heads if isinstance(head, str) else f'head {head}'}"
             extra = {how: fuse_heads(heads, how) for how in FUSIONS}
@@ -235,8 +236,7 @@ class DemoBackend:
                                        title="CLS attention per layer (head mean) and rollout", **style)
             arrays = {"map": heat, "per_layer_head_mean": per_layer}
         else:
-            fusion = head if isinstance(head, str) else "mean"
-            per_layer = per_layer_heads[:, head] if isinstance(head, int) else fuse_heads(per_layer_heads, fusion)
+            per_layer = per_layer_heads[:, head] if isinstance(head, int) else fuse_heads(per_layer_heads, head)
             heat = aggregate_layers(per_layer, view.layer_fusion)
             label = view.heads if isinstance(head, str) else f"head {head}"
             what = f"{view.layer_fusion} over layers of the CLS maps ({label})"
@@ -248,9 +248,8 @@ class DemoBackend:
         overlay = render.overlay(shown, heat, **style)
         if view.keypoints:
             overlay = _mark_keypoints(overlay, heat)
-        if "query" in marks:
-            overlay = annotate(overlay, boxes=[_patch_box(*marks["query"], grid_hw, overlay.size)],
-                               colour=QUERY_COLOUR)
+        if query is not None:
+            overlay = annotate(overlay, boxes=[_patch_box(*query, grid_hw, overlay.size)], colour=QUERY_COLOUR)
         lo, hi = float(heat.min()), float(heat.max())
         caption = describe + what + f"; values {lo:.3g} to {hi:.3g}"
         out = {name: value.float().numpy() for name, value in arrays.items()}
@@ -365,21 +364,20 @@ class DemoHandlers:
         if not path:
             return self._unchanged(state, NO_IMAGE)
         try:
-            key = self.backend.store_upload(path)
-        except DemoError as err:
-            return self._unchanged(state, _error(str(err)))
+            key, failure = _attempt(lambda: self.backend.store_upload(path))
         finally:
             self._delete_gradio_copy(path)
+        if failure:
+            return self._unchanged(state, failure)
         return self.redraw({**new_state(), "image": key}, *controls)
 
     def sample(self, name: str | None, state: dict, *controls) -> tuple:
         """A sample photo picked from the list: draw it."""
         if not name:
             return self._unchanged(state, NO_IMAGE)
-        try:
-            key = self.backend.sample_key(name)
-        except DemoError as err:
-            return self._unchanged(state, _error(str(err)))
+        key, failure = _attempt(lambda: self.backend.sample_key(name))
+        if failure:
+            return self._unchanged(state, failure)
         return self.redraw({**new_state(), "image": key}, *controls)
 
     def redraw(self, state: dict, *controls) -> tuple:
@@ -388,15 +386,16 @@ class DemoHandlers:
         if not state.get("image"):
             return self._unchanged(state, NO_IMAGE)
         spec, view = self._view(state, controls)
-        try:
+
+        def draw() -> tuple[Rendered, Image.Image]:
             rendered = self.backend.render(spec, state["image"], view)
-        except DemoError as err:
-            return self._unchanged(state, _error(str(err)))
-        except Exception as err:  # noqa: BLE001 - the page gets one line, the log the traceback
-            log.exception("rendering failed")
-            return self._unchanged(state, _error(f"internal error ({type(err).__name__}); see the server log"))
+            return rendered, figure_image(rendered.figure)
+
+        drawn, failure = _attempt(draw)
+        if failure:
+            return self._unchanged(state, failure)
+        rendered, figure = drawn
         shown = [*rendered.overlay.size, *rendered.grid_hw]
-        figure = figure_image(rendered.figure)
         stale = self._gr.update(value=None, visible=False)  # downloads of an earlier view
         return {**state, "shown": shown}, rendered.overlay, figure, rendered.caption, stale
 
@@ -408,25 +407,23 @@ class DemoHandlers:
             return (self._gr.update(), *self._unchanged(state, NO_IMAGE))
         width, height, grid_h, grid_w = state["shown"]
         query = click_to_patch(xy, (width, height), (grid_h, grid_w))
-        values = dict(zip(CONTROLS, controls, strict=True))
-        values["method"] = "Query patch"
+        values = {**dict(zip(CONTROLS, controls, strict=True)), "method": "Query patch"}
         return ("Query patch", *self.redraw({**state, "query": query}, *values.values()))
 
     def change_model(self, state: dict, *controls) -> tuple:
         """Another model: fit the layer slider and the head list to it, then redraw.
 
         Returns (layer slider, heads dropdown, state, overlay, figure, status, files)."""
+        update = self._gr.update
         values = dict(zip(CONTROLS, controls, strict=True))
-        try:
-            model = self.backend.model(values["model"])
-        except DemoError as err:
-            return (self._gr.update(), self._gr.update(), *self._unchanged(state, _error(str(err))))
+        model, failure = _attempt(lambda: self.backend.model(values["model"]))
+        if failure:
+            return (update(), update(), *self._unchanged(state, failure))
         last = model.num_layers - 1
         values["layer"] = min(int(values["layer"]), last)
         choices = head_choices(model.num_heads)
         if values["heads"] not in choices:
             values["heads"] = "mean"
-        update = self._gr.update
         return (update(maximum=last, value=values["layer"]), update(choices=choices, value=values["heads"]),
                 *self.redraw({**state, "query": None}, *values.values()))
 
@@ -435,10 +432,9 @@ class DemoHandlers:
         if not state.get("image"):
             return self._gr.update(), NO_IMAGE
         spec, view = self._view(state, controls)
-        try:
-            files = self.backend.downloads(self.backend.render(spec, state["image"], view))
-        except DemoError as err:
-            return self._gr.update(), _error(str(err))
+        files, failure = _attempt(lambda: self.backend.downloads(self.backend.render(spec, state["image"], view)))
+        if failure:
+            return self._gr.update(), failure
         return self._gr.update(value=[str(p) for p in files], visible=True), "maps.npz and figure.png are ready below."
 
     def _view(self, state: dict, controls: Sequence) -> tuple[str, View]:
@@ -463,8 +459,20 @@ class DemoHandlers:
                 target.parent.rmdir()
 
 
-def _error(message: str) -> str:
-    return f"**Error:** {message}"
+def _attempt(action: Callable[[], Any]) -> tuple[Any, str | None]:
+    """(result, None), or (None, the one status line) when ``action`` fails.
+
+    ``ValueError`` (``DemoError``, ``ImageLoadError`` and the library's own checks) carries a
+    message meant for the user; anything else is a bug: the log gets the traceback, the page
+    only its type.
+    """
+    try:
+        return action(), None
+    except ValueError as err:
+        return None, f"**Error:** {_first_line(err)}"
+    except Exception as err:
+        log.exception("the demo failed")
+        return None, f"**Error:** internal error ({type(err).__name__}); see the server log"
 
 
 def import_gradio():
