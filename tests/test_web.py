@@ -334,3 +334,12 @@ def test_serve_bad_options_fail_with_one_line(args, message):
     assert result.exit_code == 2
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and message in lines[0], result.stderr
+
+
+def test_listen_all_warns_before_anything_else(tmp_path):
+    pytest.importorskip("gradio")
+    result = CliRunner().invoke(app, ["serve", "--listen-all", "--model", str(tmp_path / "no-model")])
+    assert result.exit_code == 2
+    warning, error = result.stderr.strip().splitlines()
+    assert warning.startswith("vitprobe: warning: --listen-all serves the demo on every network interface")
+    assert error.startswith("vitprobe: error: cannot load model")
