@@ -13,53 +13,14 @@ from typing import Annotated
 import typer
 from tqdm.auto import tqdm
 
+from .cli_common import ModelOpt, fail, image_paths, load_model, parse_ints, unique_dir
 from .explain import DEFAULT_METHODS, METHODS, ExplainOptions, explain_image
-from .io.images import ImageLoadError, list_images
+from .io.images import ImageLoadError
 
 app = typer.Typer(
     add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
     help="See what Vision Transformers attend to, and measure it.",
 )
-
-ModelOpt = Annotated[
-    str, typer.Option("--model", "-m", help="'offline' (default), a HF id or directory, 'timm:<name>'")
-]
-
-
-def fail(message: str, code: int = 2) -> typer.Exit:
-    """Print one line to stderr and return the Exit to raise."""
-    typer.echo(f"vitprobe: error: {message}", err=True)
-    return typer.Exit(code)
-
-
-def load_model(spec: str, device: str | None):
-    """Load a model, turning every expected failure into one line and exit code 2."""
-    from transformers.utils import logging as hf_logging
-
-    from .models import load
-
-    hf_logging.disable_progress_bar()  # one line per problem on stderr, no loader bars
-    try:
-        return load(spec, device=device)
-    except (ValueError, RuntimeError, OSError, ImportError) as err:
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise fail(f"cannot load model {spec!r}: {first}") from None
-
-
-def parse_ints(text: str, what: str) -> tuple[int, ...]:
-    try:
-        return tuple(int(v) for v in text.split(",") if v.strip())
-    except ValueError:
-        raise fail(f"{what} must be comma-separated integers, got {text!r}") from None
-
-
-def unique_dir(out: Path, stem: str, used: set[str]) -> Path:
-    name, n = stem, 2
-    while name in used:
-        name, n = f"{stem}_{n}", n + 1
-    used.add(name)
-    return out / name
-
 
 @app.command()
 def explain(
@@ -95,12 +56,7 @@ def explain(
         raise fail(f"--head-fusion takes mean, max or min, got {head_fusion!r}")
     if not 0.0 <= discard_ratio < 1.0 or not 0.0 <= alpha <= 1.0:
         raise fail("--discard-ratio must be in [0, 1) and --alpha in [0, 1]")
-    try:
-        paths = list_images(images)
-    except ImageLoadError as err:
-        raise fail(str(err)) from None
-    if not paths:
-        raise fail("no images found in " + ", ".join(map(str, images)))
+    paths = image_paths(images)
     vit = load_model(model, device)
     try:
         vit.resolve_layers(opts.heads_layers)

@@ -7,9 +7,7 @@ from typing import Annotated
 
 import typer
 
-ModelOpt = Annotated[
-    str, typer.Option("--model", "-m", help="'offline' (default), a HF id or directory, 'timm:<name>'")
-]
+from ..cli_common import ModelOpt, fail, load_model
 
 
 def register(app: typer.Typer) -> None:
@@ -40,7 +38,6 @@ def register(app: typer.Typer) -> None:
         """
         import torch
 
-        from ..cli import fail, load_model
         from ..io.images import ImageLoadError
         from ..io.store import require
         from ..runner import (

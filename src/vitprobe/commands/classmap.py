@@ -10,7 +10,8 @@ import typer
 from tqdm.auto import tqdm
 
 from ..analysis.gradients import METHODS
-from ..io.images import ImageLoadError, list_images
+from ..cli_common import fail, image_paths, load_model, unique_dir
+from ..io.images import ImageLoadError
 
 ModelOpt = Annotated[
     str, typer.Option("--model", "-m", help="a model with a classification head: HF id or directory, 'timm:<name>'")
@@ -37,7 +38,6 @@ def register(app: typer.Typer) -> None:
         """Draw where a classifier's evidence for one class comes from, with its top predictions beside."""
         from .. import render
         from ..classmaps import class_maps, classmap_figure, short_label
-        from ..cli import fail, load_model, unique_dir
 
         if method not in METHODS:
             raise fail(f"--method takes one of {', '.join(METHODS)}, got {method!r}")
@@ -45,12 +45,7 @@ def register(app: typer.Typer) -> None:
             raise fail("--discard-ratio applies to --method gradrollout only")
         if not 0.0 <= discard_ratio < 1.0 or not 0.0 <= alpha <= 1.0 or top < 1:
             raise fail("--discard-ratio must be in [0, 1), --alpha in [0, 1] and --top at least 1")
-        try:
-            paths = list_images(images)
-        except ImageLoadError as err:
-            raise fail(str(err)) from None
-        if not paths:
-            raise fail("no images found in " + ", ".join(map(str, images)))
+        paths = image_paths(images)
         vit = load_model(model, device)
         failures, used = 0, set()
         for path in tqdm(paths, desc="classmap", unit="image", disable=len(paths) < 2):

@@ -12,6 +12,7 @@ from PIL import Image
 from ..analysis.keypoints import METHODS
 from ..analysis.thresholds import Threshold
 from ..capture import Capture
+from ..cli_common import ModelOpt, fail, load_model
 from ..coco import AnnotationError, ImageTruth, load_coco
 from ..evaluate import LocalizeOptions
 from ..localize import BASELINES, EvalOptions, Localized, evaluate_dataset, localize, parse_source
@@ -19,9 +20,6 @@ from ..localize import BASELINES, EvalOptions, Localized, evaluate_dataset, loca
 CYAN = (0, 255, 255)
 GREEN = (0, 255, 0)
 
-ModelOpt = Annotated[
-    str, typer.Option("--model", "-m", help="'offline' (default), a HF id or directory, 'timm:<name>'")
-]
 
 ROWS = (
     ("pointing_game", "pointing game"),
@@ -89,7 +87,6 @@ def register(app: typer.Typer) -> None:
         device: Annotated[str | None, typer.Option(help="torch device, e.g. cuda")] = None,
     ) -> None:
         """Pointing game, PCK, box IoU / CorLoc and mask Jaccard, each beside a random and a centre baseline."""
-        from ..cli import fail, load_model
 
         try:
             parse_source(source)

@@ -15,8 +15,9 @@ from tqdm.auto import tqdm
 from ..analysis.keypoints import METHODS
 from ..analysis.thresholds import Threshold
 from ..capture import Capture
+from ..cli_common import ModelOpt, fail, image_paths, load_model, unique_dir
 from ..evaluate import LocalizeOptions
-from ..io.images import ImageLoadError, list_images
+from ..io.images import ImageLoadError
 from ..localize import Localized, capture_for, localize, parse_source
 
 COORDINATES = (
@@ -26,9 +27,6 @@ COORDINATES = (
 )
 
 
-ModelOpt = Annotated[
-    str, typer.Option("--model", "-m", help="'offline' (default), a HF id or directory, 'timm:<name>'")
-]
 
 
 def register(app: typer.Typer) -> None:
@@ -49,7 +47,6 @@ def register(app: typer.Typer) -> None:
         device: Annotated[str | None, typer.Option(help="torch device, e.g. cuda")] = None,
     ) -> None:
         """Find keypoints, boxes and masks in attention maps; write JSON, mask and overlay per image."""
-        from ..cli import fail, load_model, unique_dir
 
         try:
             parse_source(source)
@@ -61,12 +58,7 @@ def register(app: typer.Typer) -> None:
             raise fail(f"--method takes one of {', '.join(METHODS)}, got {method!r}")
         if not 0.0 < fraction <= 1.0 or top_k < 1 or (short_side is not None and short_side < 1):
             raise fail("--fraction must be in (0, 1], --top-k and --short-side at least 1")
-        try:
-            paths = list_images(images)
-        except ImageLoadError as err:
-            raise fail(str(err)) from None
-        if not paths:
-            raise fail("no images found in " + ", ".join(map(str, images)))
+        paths = image_paths(images)
         vit = load_model(model, device)
         try:
             vit.resolve_layers([layer])

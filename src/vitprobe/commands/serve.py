@@ -10,6 +10,8 @@ from typing import Annotated
 
 import typer
 
+from ..cli_common import fail
+
 
 def register(app: typer.Typer) -> None:
     @app.command()
@@ -26,7 +28,6 @@ def register(app: typer.Typer) -> None:
         device: Annotated[str | None, typer.Option(help="torch device, e.g. cuda")] = None,
     ) -> None:
         """Start the web demo: upload or pick a photo, choose model, method, layer, heads; click a patch."""
-        from ..cli import fail
 
         if not 0 < port < 65536 or max_upload_mb <= 0 or max_megapixels <= 0:
             raise fail("--port must be in 1..65535, --max-upload-mb and --max-megapixels positive")

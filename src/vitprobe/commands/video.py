@@ -7,6 +7,8 @@ from typing import Annotated
 
 import typer
 
+from ..cli_common import fail, load_model
+
 
 def register(app: typer.Typer) -> None:
     @app.command()
@@ -38,7 +40,6 @@ def register(app: typer.Typer) -> None:
         device: Annotated[str | None, typer.Option(help="torch device, e.g. cuda")] = None,
     ) -> None:
         """Overlay per-frame attention heat maps on a video; frames stream in batches, size and fps are kept."""
-        from ..cli import fail, load_model
         from ..render.video import OUTPUT_SUFFIXES, VideoError, VideoReader
         from ..video import VideoOptions, attention_video
 
