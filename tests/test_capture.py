@@ -8,6 +8,8 @@ import transformers
 
 from tests.conftest import PATCH, PREFIX_COUNT, make_tiny
 from vitprobe import CaptureError, UnsupportedModelError
+from vitprobe.analysis.fast import MeanDistance, RowEntropy
+from vitprobe.capture import AttentionRecorder
 from vitprobe.models.hf import load_hf
 
 
@@ -152,3 +154,61 @@ def test_embedding_tables_are_exposed(tiny_dirs, tiny_kind):
     model = load_hf(str(tiny_dirs[tiny_kind]))
     assert model.patch_weight.shape == (32, 3, PATCH, PATCH)
     assert model.position_grid.shape == (4, 4, 32)
+
+
+def record(model, pixels, *, answer_sdpa=True, **kwargs):
+    """One forward under an AttentionRecorder of every layer: the recorder and the model's first output."""
+    layout = model.layout(tuple(pixels.shape[-2:]))
+    recorder = AttentionRecorder(model.sites, lambda n: layout, range(model.num_layers), answer_sdpa=answer_sdpa,
+                                 **kwargs)
+    with recorder, torch.no_grad():
+        out = model.module(pixel_values=pixels)[0]
+    recorder.finish()
+    return recorder, out
+
+
+def test_layers_needing_every_row_answer_the_models_sdpa_call(tiny_dirs, tiny_kind):
+    """Attention is computed once: the recorder's blocks give the layer output, equal to the kernel's."""
+    model = load_hf(str(tiny_dirs[tiny_kind]))
+    pixels = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(3))
+    kwargs = dict(fuse=("mean",), full_layers=[1], reducers={"entropy": RowEntropy(), "distance": MeanDistance()})
+    answered, out = record(model, pixels, **kwargs)
+    declined, kernel_out = record(model, pixels, answer_sdpa=False, **kwargs)
+    with torch.no_grad():
+        plain = model.module(pixel_values=pixels)[0]
+    assert answered.sdpa_answered == model.num_layers and declined.sdpa_answered == 0
+    torch.testing.assert_close(kernel_out, plain, atol=0, rtol=0)
+    torch.testing.assert_close(out, plain, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(answered.full[1], declined.full[1], atol=1e-6, rtol=0)
+    for layer in range(model.num_layers):
+        torch.testing.assert_close(answered.fused["mean"][layer], declined.fused["mean"][layer], atol=1e-6, rtol=0)
+        torch.testing.assert_close(answered.cls_rows[layer], declined.cls_rows[layer], atol=1e-6, rtol=0)
+        for name in ("entropy", "distance"):
+            torch.testing.assert_close(answered.reduced[name][layer], declined.reduced[name][layer],
+                                       atol=1e-5, rtol=1e-6)
+
+
+def test_cls_rows_only_keep_the_models_kernel(tiny_dirs):
+    model = load_hf(str(tiny_dirs["dinov2"]))
+    recorder, out = record(model, torch.randn(1, 3, 32, 32))
+    assert recorder.sdpa_answered == 0 and len(recorder.cls_rows) == model.num_layers
+
+
+def test_eager_models_and_gradients_are_reduced_from_the_hooks(tiny_dirs):
+    """No SDPA call (eager attention) or gradients wanted: the hooked q, k give the same maps."""
+    eager = load_hf(str(tiny_dirs["vit"]), attn_implementation="eager")
+    pixels = torch.randn(2, 3, 32, 32)
+    recorder, _ = record(eager, pixels, fuse=("max",))
+    reference = eager_attentions(tiny_dirs["vit"], pixels, "vit")
+    assert recorder.sdpa_answered == 0
+    for layer, ref in enumerate(reference):
+        torch.testing.assert_close(recorder.fused["max"][layer], ref.amax(1), atol=1e-6, rtol=0)
+    fused = load_hf(str(tiny_dirs["vit"]))
+    layout = fused.layout((32, 32))
+    grad_recorder = AttentionRecorder(fused.sites, lambda n: layout, [0, 1], fuse=("max",))
+    wanted = pixels.clone().requires_grad_()
+    with grad_recorder:
+        fused.module(pixel_values=wanted)[0].sum().backward()
+    grad_recorder.finish()
+    assert grad_recorder.sdpa_answered == 0 and wanted.grad is not None
+    torch.testing.assert_close(grad_recorder.fused["max"][1], reference[1].amax(1), atol=1e-6, rtol=0)

@@ -39,7 +39,7 @@ def test_fused_capture_equals_timm_non_fused(family, hw, monkeypatch):
     pixels = torch.randn(2, 3, *hw, generator=torch.Generator().manual_seed(1))
     cap = model.capture_pixels(pixels, full_layers=[0, 1])
     pooled = getattr(model.module, "attn_pool", None) is not None  # attention pooling ('map') runs it once more
-    assert len(calls) == 2 + pooled, "the capture must run timm's fused kernel in every layer"
+    assert len(calls) == 2 + pooled, "every layer calls the fused kernel (answered by the recorder)"
     monkeypatch.setattr(F, "scaled_dot_product_attention", sdpa)
     logits, reference = tm.non_fused_attentions(model.module, pixels)
     for layer, ref in enumerate(reference):
@@ -52,14 +52,18 @@ def test_fused_capture_equals_timm_non_fused(family, hw, monkeypatch):
 
 
 def test_rope_is_applied_to_q_and_k():
-    """EVA-02 rotates q and k before the softmax: without the rotation the capture would be wrong."""
+    """EVA-02 rotates q and k before the softmax: CLS rows recomputed from the hooked q and k (the
+    fused kernel keeps running) are right with the rotation and wrong without it."""
     model = wrapped("eva02")
     assert all(site.qk_transform is not None for site in model.sites)
     pixels = torch.randn(1, 3, 32, 48)
-    with_rope = model.capture_pixels(pixels, full_layers=[1]).full[1]
+    cap = model.capture_pixels(pixels, fuse=(), full_layers=())
+    _, reference = tm.non_fused_attentions(model.module, pixels)
+    for layer, ref in enumerate(reference):
+        torch.testing.assert_close(cap.cls[layer], ref[:, :, cap.layout.cls_index], atol=1e-5, rtol=0)
     plain = [AttentionSite(s.query, s.key, s.num_heads, s.head_dim, s.scale) for s in model.sites]
-    without = vitprobe.VitModel(**{**model.__dict__, "sites": plain}).capture_pixels(pixels, full_layers=[1]).full[1]
-    assert (with_rope - without).abs().max() > 1e-2
+    without = vitprobe.VitModel(**{**model.__dict__, "sites": plain}).capture_pixels(pixels, fuse=(), full_layers=())
+    assert (cap.cls - without.cls).abs().max() > 1e-2
 
 
 def test_grouped_query_attention_with_rope():

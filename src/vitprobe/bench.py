@@ -8,7 +8,8 @@ methods, on the same random weights and inputs:
 
 - ``plain`` (a): the model's fused (SDPA) forward without attention output: the limit;
 - ``seed``  (b): eager attention with ``output_attentions=True``; in numpy the per-head CLS rows,
-  the head mean and rollout as products of full T×T matrices, O(L·T³);
+  the head mean and rollout as products of full T×T matrices, O(L·T³), into float64 joint
+  matrices of every layer as seed 003 writes it (``np.zeros`` of the stacked shape);
 - ``hooks`` (c): vit-explain style: forward hooks keep every layer's probabilities under eager
   attention, then a torch rollout loop over full T×T matrices, O(L·T³);
 - ``cls``   (d): vitprobe, CLS family: per-head CLS maps of all layers (fused kernel kept, CLS
@@ -152,14 +153,14 @@ def run_seed(vit: VitModel, pixels: torch.Tensor) -> dict[str, torch.Tensor]:
         raise CaptureError("output_attentions returned no attention: the model is not running eager attention")
     attentions = [a.float().cpu().numpy() for a in out.attentions]  # L × (B, heads, T, T)
     cls, t = layout.cls_index, layout.n_tokens
-    joint = None
-    for attn in attentions:
+    joint = np.zeros((len(attentions), len(pixels), t, t))  # float64, every layer kept, as in the seed
+    for n, attn in enumerate(attentions):
         aug = attn.mean(axis=1) + np.eye(t, dtype=np.float32)  # head mean + residual
         aug /= aug.sum(axis=-1, keepdims=True)
-        joint = aug if joint is None else aug @ joint  # (B, T, T) @ (B, T, T)
+        joint[n] = aug if n == 0 else aug @ joint[n - 1]  # (B, T, T) float32 @ float64
     return {
         "cls": torch.from_numpy(np.stack([attn[:, :, cls] for attn in attentions])),
-        "rollout": torch.from_numpy(joint[:, cls]),
+        "rollout": torch.from_numpy(joint[-1][:, cls]).float(),
     }
 
 
@@ -229,16 +230,17 @@ def attention_bytes(spec: ModelSpec, batch: int) -> int:
 def estimate_bytes(spec: ModelSpec, batch: int, method: str, itemsize: int = 4) -> int:
     """Rough peak memory of one method: runtime, weights, activations and what the method keeps.
 
-    seed/hooks keep every layer's (B, heads, T, T) plus eager's per-layer temporaries; full keeps
-    the head-mean (L, B, T, T) for rollout, twice while the capture concatenates its batches.
+    seed/hooks keep every layer's (B, heads, T, T) plus eager's per-layer temporaries, and the seed
+    its float64 joint matrices (L, B, T, T); full keeps the head-mean (L, B, T, T) for rollout.
     """
     t = spec.n_tokens
     base = RUNTIME_BYTES + spec.n_params * itemsize + 12 * batch * t * spec.hidden * itemsize
     layer = batch * spec.heads * t * t * 4
     if method in EAGER:
-        return base + attention_bytes(spec, batch) + 2 * layer + 4 * batch * t * t * 4
+        joint = spec.layers * batch * t * t * 8 if method == "seed" else 0
+        return base + attention_bytes(spec, batch) + 2 * layer + 4 * batch * t * t * 4 + joint
     if method == "full":
-        return base + 2 * spec.layers * batch * t * t * 4
+        return base + spec.layers * batch * t * t * 4
     return base
 
 

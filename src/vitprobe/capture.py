@@ -4,6 +4,13 @@ Hooks on each layer's query and key projections take q and k as the model comput
 attention probabilities softmax(q·kᵀ·scale) are recomputed from them in float32 and reduced as
 the forward streams, so the model keeps its fast fused kernel and all layers × heads × T × T
 never sit in memory at once.
+
+Only the CLS row costs one extra (1, T) row per head. A layer whose every row is needed (head
+fusion, reducers, full maps) would compute its attention twice, once in the model's kernel and
+once here; so when the model calls ``F.scaled_dot_product_attention`` for such a layer, the
+recorder answers that call itself: the same probability blocks it reduces give the output P·V
+(float32, equal to the fused kernel's to rounding). Models that do not call it (eager
+attention, custom kernels) are reduced from the hooked q and k as before.
 """
 
 from __future__ import annotations
@@ -16,8 +23,10 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import torch
+import torch.nn.functional as F
 from PIL import Image
 from torch import nn
+from torch.overrides import TorchFunctionMode
 
 from .analysis.maps import FUSIONS, fuse_heads
 from .io.preprocess import Geometry
@@ -28,6 +37,7 @@ Reducer = Callable[[torch.Tensor, TokenLayout], torch.Tensor]
 
 _BLOCK_BYTES = {"cpu": 2 << 20}  # one float32 block of scores: cache-sized on CPU
 _DEFAULT_BLOCK_BYTES = 256 << 20  # accelerators: few, large blocks
+_SDPA = F.scaled_dot_product_attention  # the kernel itself, also when a caller wraps the F attribute
 
 
 class CaptureError(RuntimeError):
@@ -198,16 +208,24 @@ _WORKERS: dict[int, _BlockWorkers] = {}
 
 
 def for_each_block(
-    q: torch.Tensor, k: torch.Tensor, scale: float, consume: Callable[[AttentionBlock], None]
-) -> None:
+    q: torch.Tensor,
+    k: torch.Tensor,
+    scale: float,
+    consume: Callable[[AttentionBlock], None],
+    values: torch.Tensor | None = None,
+) -> torch.Tensor | None:
     """Call ``consume`` on every block of softmax(q·kᵀ·scale), q, k (B, heads, T, d), in float32.
 
     Blocks follow ``block_shape``; each worker reuses two block buffers, so (B, heads, T, T) is
     never allocated. On CPU the blocks are shared among ``torch.get_num_threads()`` worker
     threads, so ``consume`` may run concurrently and must write only its block's entries.
+    With ``values`` v (B, heads, T, d) the attention output softmax(q·kᵀ·scale)·v (B, heads, T, d)
+    is computed from the same blocks and returned in float32.
     """
     q = q.to(torch.float32, memory_format=torch.contiguous_format, copy=True).mul_(scale)
     kt = k.to(torch.float32, memory_format=torch.contiguous_format).transpose(-1, -2)
+    v = values.to(torch.float32, memory_format=torch.contiguous_format) if values is not None else None
+    output = q.new_empty(*q.shape[:3], v.shape[-1]) if v is not None else None
     batch, heads, t, _ = q.shape
     n_images, n_rows = block_shape(batch, heads, t, q.device)
     spans = [
@@ -234,6 +252,8 @@ def for_each_block(
             s.sub_(s.amax(dim=-1, keepdim=True))
             log_z = p.amax(dim=-1).log_().neg_()  # the largest probability is exp(0) / z
             consume(AttentionBlock(images, rows, p, s, log_z))
+            if v is not None:
+                output[images, :, rows] = torch.matmul(p, v[images])
 
     workers = min(torch.get_num_threads(), len(spans)) if q.device.type == "cpu" else 1
     if workers > 1:
@@ -242,13 +262,16 @@ def for_each_block(
         _WORKERS[workers].run(work)
     else:
         work()
+    return output
 
 
 class AttentionRecorder:
     """Context manager that hooks q/k of the chosen layers and reduces each layer as it is computed.
 
     Per forward pass every hooked layer must produce exactly one q and one k; ``finish`` raises
-    ``CaptureError`` otherwise. Hooks are removed on exit, also when the forward raises.
+    ``CaptureError`` otherwise. Hooks are removed on exit, also when the forward raises. With
+    ``answer_sdpa`` (default) a layer that needs every row is computed once: its
+    ``F.scaled_dot_product_attention`` call is answered from the blocks the recorder reduces.
     """
 
     def __init__(
@@ -262,6 +285,7 @@ class AttentionRecorder:
         full_layers: Sequence[int] = (),
         reducers: dict[str, Reducer] | None = None,
         blocks: Sequence[nn.Module] | None = None,
+        answer_sdpa: bool = True,
     ) -> None:
         self.sites = sites
         self.layout_for = layout_for
@@ -275,12 +299,15 @@ class AttentionRecorder:
         self.reducers = dict(reducers or {})
         self.blocks = blocks
         self._handles: list[torch.utils.hooks.RemovableHandle] = []
+        self._sdpa = _AnswerSdpa(self) if answer_sdpa else None
         self._reset()
 
     def _reset(self) -> None:
         self._q: dict[int, torch.Tensor] = {}
         self._k: dict[int, torch.Tensor] = {}
         self._count: dict[int, int] = dict.fromkeys(self.layers, 0)
+        self._pending: int | None = None  # q and k hooked, waiting for the layer's SDPA call
+        self.sdpa_answered = 0
         self.layout: TokenLayout | None = None
         self.cls_rows: dict[int, torch.Tensor] = {}
         self.fused: dict[str, dict[int, torch.Tensor]] = {how: {} for how in self.fuse}
@@ -296,23 +323,69 @@ class AttentionRecorder:
             self._handles.append(site.key.register_forward_hook(self._hook(layer, self._k)))
             if self.blocks is not None:
                 self._handles.append(self.blocks[layer].register_forward_hook(self._norm_hook(layer)))
+        if self._sdpa is not None:
+            self._sdpa.__enter__()
         return self
 
     def __exit__(self, *exc) -> None:
+        if self._sdpa is not None:
+            self._sdpa.__exit__(*exc)
         for handle in self._handles:
             handle.remove()
         self._handles.clear()
 
     def _hook(self, layer: int, store: dict[int, torch.Tensor]):
         def hook(_module: nn.Module, _inputs, output: torch.Tensor) -> None:
+            self._flush_pending()  # the pending layer's SDPA call never came: reduce it from q, k
             if layer in store:
                 self._count[layer] += 1  # a second q (or k) before the layer was reduced
                 return
             store[layer] = output.detach()
             if layer in self._q and layer in self._k:
-                self._reduce(layer)
+                if self._sdpa is not None and self._needs_all_rows(layer):
+                    self._pending = layer
+                else:
+                    self._reduce(layer)
 
         return hook
+
+    def _needs_all_rows(self, layer: int) -> bool:
+        return bool(self.fuse or self.reducers) or layer in self.full_layers
+
+    def _flush_pending(self) -> None:
+        if self._pending is not None:
+            layer, self._pending = self._pending, None
+            self._reduce(layer)
+
+    def answer_sdpa(
+        self,
+        query: torch.Tensor,
+        key: torch.Tensor,
+        value: torch.Tensor,
+        attn_mask: torch.Tensor | None = None,
+        dropout_p: float = 0.0,
+        is_causal: bool = False,
+        scale: float | None = None,
+        enable_gqa: bool = False,
+    ) -> torch.Tensor | None:
+        """The output of the pending layer's attention call (B, heads, T, d), reduced on the way;
+        None (the model's kernel runs) when no layer waits or the call is not plain self-attention
+        with that layer's q shape, or when gradients are wanted."""
+        layer = self._pending
+        if layer is None or attn_mask is not None or dropout_p or is_causal or enable_gqa:
+            return None
+        if torch.is_grad_enabled() and any(x.requires_grad for x in (query, key, value)):
+            return None
+        site = self.sites[layer]
+        hooked = _split_heads(self._q[layer], site.num_heads, site.head_dim)
+        if query.shape != hooked.shape or key.shape != query.shape or value.shape[:3] != query.shape[:3]:
+            return None
+        self._pending = None
+        del self._q[layer], self._k[layer]
+        self._count[layer] += 1
+        self.sdpa_answered += 1
+        scale = query.shape[-1] ** -0.5 if scale is None else scale
+        return self._reduce_qk(layer, query, key, scale, values=value).to(query.dtype)
 
     def _norm_hook(self, layer: int):
         def hook(_module: nn.Module, _inputs, output) -> None:
@@ -322,20 +395,27 @@ class AttentionRecorder:
         return hook
 
     def _reduce(self, layer: int) -> None:
+        """Reduce ``layer`` from its hooked q and k."""
         site = self.sites[layer]
         q = _split_heads(self._q.pop(layer), site.num_heads, site.head_dim)
         k = _split_heads(self._k.pop(layer), site.num_heads, site.head_dim)
         self._count[layer] += 1
         if site.qk_transform is not None:
             q, k = site.qk_transform(q, k)
+        self._reduce_qk(layer, q, k, site.scale)
+
+    def _reduce_qk(
+        self, layer: int, q: torch.Tensor, k: torch.Tensor, scale: float, values: torch.Tensor | None = None
+    ) -> torch.Tensor | None:
+        """Record ``layer`` from q, k (B, heads, T, d) as they enter the softmax; with ``values``
+        return the attention output (B, heads, T, d) in float32."""
         layout = self.layout_for(q.shape[2])
         self.layout = layout
-        needs_all_rows = bool(self.fuse or self.reducers) or layer in self.full_layers
-        if not needs_all_rows:
+        if not self._needs_all_rows(layer):
             if self.want_cls and layout.has_cls:
                 i = layout.cls_index
-                self.cls_rows[layer] = attention_probs(q[:, :, i : i + 1], k, site.scale)[:, :, 0].cpu()
-            return
+                self.cls_rows[layer] = attention_probs(q[:, :, i : i + 1], k, scale)[:, :, 0].cpu()
+            return None
         batch, heads, t, _ = q.shape
         cls = layout.cls_index if self.want_cls and layout.has_cls else None
         cls_rows = q.new_empty(batch, heads, t, dtype=torch.float32) if cls is not None else None
@@ -357,7 +437,7 @@ class AttentionRecorder:
             for reducer in by_block.values():
                 reducer.update(block)
 
-        for_each_block(q, k, site.scale, consume)
+        output = for_each_block(q, k, scale, consume, values)
         if cls_rows is not None:
             self.cls_rows[layer] = cls_rows.cpu()
         for how, out in fused.items():
@@ -368,6 +448,7 @@ class AttentionRecorder:
             self.reduced[name][layer] = reducer.finish().cpu()
         for name, reducer in whole.items():
             self.reduced[name][layer] = reducer(attn, layout).cpu()
+        return output
 
     def _fused_slot(self, how: str, layer: int, shape: tuple[int, ...], device: torch.device) -> torch.Tensor:
         """The (B, T, T) slice of ``layer`` in one (L, B, T, T) tensor per fusion, so stacking copies nothing."""
@@ -378,6 +459,7 @@ class AttentionRecorder:
 
     def finish(self) -> None:
         """Check that every recorded layer produced exactly one map in this forward pass."""
+        self._flush_pending()
         leftover = sorted(set(self._q) | set(self._k))
         bad = {layer: n for layer, n in self._count.items() if n != 1}
         if leftover or bad:
@@ -386,6 +468,23 @@ class AttentionRecorder:
             raise CaptureError(
                 "attention capture expected exactly one map per layer, got " + "; ".join(parts)
             )
+
+
+class _AnswerSdpa(TorchFunctionMode):
+    """While active, hands ``F.scaled_dot_product_attention`` calls to ``recorder.answer_sdpa``
+    and runs the model's kernel only where that declines."""
+
+    def __init__(self, recorder: AttentionRecorder) -> None:
+        super().__init__()
+        self.recorder = recorder
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if func is _SDPA:
+            output = self.recorder.answer_sdpa(*args, **kwargs)
+            if output is not None:
+                return output
+        return func(*args, **kwargs)
 
 
 def stack_layers(per_layer: dict[int, torch.Tensor], layers: Sequence[int]) -> torch.Tensor:

@@ -177,7 +177,8 @@ class VitModel:
                 logits.append(out.float().cpu())
 
         def cat(get) -> torch.Tensor:
-            return torch.cat([stack_layers(get(r), layer_ids) for r in parts], dim=1)
+            stacks = [stack_layers(get(r), layer_ids) for r in parts]
+            return stacks[0] if len(stacks) == 1 else torch.cat(stacks, dim=1)  # one batch: no copy
 
         return Capture(
             layout=layout,
@@ -185,7 +186,7 @@ class VitModel:
             model_name=self.name,
             cls=cat(lambda r: r.cls_rows) if layout.has_cls else None,
             fused={how: cat(lambda r, h=how: r.fused[h]) for how in fuse},
-            full={i: torch.cat([r.full[i] for r in parts]) for i in full_ids},
+            full={i: torch.cat([r.full[i] for r in parts]) if len(parts) > 1 else parts[0].full[i] for i in full_ids},
             reduced={name: cat(lambda r, n=name: r.reduced[n]) for name in (reducers or {})},
             token_norms=cat(lambda r: r.token_norms) if token_norms else None,
             images=list(views or []),
