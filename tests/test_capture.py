@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import gc
+import weakref
+
 import pytest
 import torch
 import transformers
@@ -212,3 +215,17 @@ def test_eager_models_and_gradients_are_reduced_from_the_hooks(tiny_dirs):
     grad_recorder.finish()
     assert grad_recorder.sdpa_answered == 0 and wanted.grad is not None
     torch.testing.assert_close(grad_recorder.fused["max"][1], reference[1].amax(1), atol=1e-6, rtol=0)
+
+
+def test_recorder_is_freed_without_the_cycle_collector(tiny_dirs):
+    """After the forward nothing refers back to the recorder, so its (L, B, T, T) stacks go at once."""
+    model = load_hf(str(tiny_dirs["dinov2"]))
+    gc.disable()
+    try:
+        recorder, _ = record(model, torch.randn(1, 3, 32, 32), fuse=("mean",))
+        assert recorder.sdpa_answered == model.num_layers
+        ref = weakref.ref(recorder)
+        del recorder
+        assert ref() is None
+    finally:
+        gc.enable()

@@ -299,7 +299,8 @@ class AttentionRecorder:
         self.reducers = dict(reducers or {})
         self.blocks = blocks
         self._handles: list[torch.utils.hooks.RemovableHandle] = []
-        self._sdpa = _AnswerSdpa(self) if answer_sdpa else None
+        self.answers_sdpa = answer_sdpa
+        self._mode: _AnswerSdpa | None = None  # only while entered: no reference cycle after exit
         self._reset()
 
     def _reset(self) -> None:
@@ -323,13 +324,15 @@ class AttentionRecorder:
             self._handles.append(site.key.register_forward_hook(self._hook(layer, self._k)))
             if self.blocks is not None:
                 self._handles.append(self.blocks[layer].register_forward_hook(self._norm_hook(layer)))
-        if self._sdpa is not None:
-            self._sdpa.__enter__()
+        if self.answers_sdpa:
+            self._mode = _AnswerSdpa(self.answer_sdpa)
+            self._mode.__enter__()
         return self
 
     def __exit__(self, *exc) -> None:
-        if self._sdpa is not None:
-            self._sdpa.__exit__(*exc)
+        if self._mode is not None:
+            self._mode.__exit__(*exc)
+            self._mode = None
         for handle in self._handles:
             handle.remove()
         self._handles.clear()
@@ -342,7 +345,7 @@ class AttentionRecorder:
                 return
             store[layer] = output.detach()
             if layer in self._q and layer in self._k:
-                if self._sdpa is not None and self._needs_all_rows(layer):
+                if self._mode is not None and self._needs_all_rows(layer):
                     self._pending = layer
                 else:
                     self._reduce(layer)
@@ -471,17 +474,17 @@ class AttentionRecorder:
 
 
 class _AnswerSdpa(TorchFunctionMode):
-    """While active, hands ``F.scaled_dot_product_attention`` calls to ``recorder.answer_sdpa``
-    and runs the model's kernel only where that declines."""
+    """While active, hands ``F.scaled_dot_product_attention`` calls to ``answer`` (the recorder's
+    ``answer_sdpa``) and runs the model's kernel only where that returns None."""
 
-    def __init__(self, recorder: AttentionRecorder) -> None:
+    def __init__(self, answer: Callable[..., torch.Tensor | None]) -> None:
         super().__init__()
-        self.recorder = recorder
+        self.answer = answer
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
         if func is _SDPA:
-            output = self.recorder.answer_sdpa(*args, **kwargs)
+            output = self.answer(*args, **kwargs)
             if output is not None:
                 return output
         return func(*args, **kwargs)
