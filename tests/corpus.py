@@ -89,3 +89,15 @@ def make_bad_corpus(directory: Path) -> dict[str, str | None]:
     write_png_bomb(directory / "bomb.png", 20_000, 20_000)  # over Pillow's own hard limit
     write_png_bomb(directory / "bomb_warn.png", 10_000, 10_000)  # between Pillow's warning and its error
     return dict(EXPECTED_REASONS)
+
+
+def assert_one_line_per_bad_file(stderr: str, expected: dict[str, str | None]) -> list[str]:
+    """Check stderr holds no traceback and exactly one error line per bad file, naming the file and
+    its problem; return the names of the good files."""
+    assert "Traceback" not in stderr
+    errors = [line for line in stderr.splitlines() if line.startswith("vitprobe: error:")]
+    bad = {name: reason for name, reason in expected.items() if reason is not None}
+    assert len(errors) == len(bad)
+    for name, reason in bad.items():
+        assert any(name in line and reason in line for line in errors), (name, errors)
+    return [name for name, reason in expected.items() if reason is None]
