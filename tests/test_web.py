@@ -11,6 +11,7 @@ import shutil
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
 from pathlib import Path
@@ -294,34 +295,64 @@ def test_page_in_a_real_browser(tiny_dirs, photo, tmp_path, monkeypatch):
         assert shot.width == 1280 and shot.height > 900
 
 
+def start_serve(model_dir: Path, port: int, tmp_path: Path) -> tuple[subprocess.Popen, list[str]]:
+    """`vitprobe serve` in a child process, its temporary files under tmp_path; its output lines are collected
+    by a thread as they come."""
+    env = {**os.environ, "TMPDIR": str(tmp_path), "PYTHONUNBUFFERED": "1"}
+    server = subprocess.Popen([sys.executable, "-m", "vitprobe", "serve", "--model", str(model_dir),
+                               "--port", str(port)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                              env=env)
+    lines: list[str] = []
+    threading.Thread(target=lambda: lines.extend(server.stdout), daemon=True).start()
+    return server, lines
+
+
+def stop_serve(server: subprocess.Popen, lines: list[str]) -> str:
+    """SIGTERM, then everything the server printed."""
+    server.terminate()
+    server.wait(timeout=30)
+    time.sleep(0.2)  # the reader thread takes the last lines
+    return "".join(lines)
+
+
 def test_serve_command_serves_the_page_on_localhost(tiny_dirs, tmp_path):
     pytest.importorskip("gradio")
     port = free_port()
-    env = {**os.environ, "TMPDIR": str(tmp_path)}  # where serve keeps uploads while it runs
-    server = subprocess.Popen([sys.executable, "-m", "vitprobe", "serve", "--model", str(tiny_dirs["vit"]),
-                               "--port", str(port)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                              env=env)
+    announced = f"vitprobe: demo on http://127.0.0.1:{port}/ offering {tiny_dirs['vit']}"
+    server, lines = start_serve(tiny_dirs["vit"], port, tmp_path)
     try:
-        page = None
-        for _ in range(120):  # bounded wait for the server to come up (at most about a minute)
+        for _ in range(240):  # bounded wait for the server to come up and say where (at most about a minute)
             if server.poll() is not None:
-                pytest.fail(f"vitprobe serve exited with {server.returncode}: {server.stdout.read()}")
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{port}/config", timeout=2) as response:
-                    page = json.loads(response.read())
-                    break
-            except OSError:
-                time.sleep(0.5)
-        assert page is not None and page["title"] == "vitprobe"
+                pytest.fail(f"vitprobe serve exited with {server.returncode}: {''.join(lines)}")
+            if announced in "".join(lines):
+                break
+            time.sleep(0.25)
+        assert announced in "".join(lines)
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/config", timeout=10) as response:
+            page = json.loads(response.read())
+        assert page["title"] == "vitprobe"
         offered = [c["props"].get("choices") for c in page["components"] if c["props"].get("label") == "Model"]
         assert offered == [[[str(tiny_dirs["vit"])] * 2]]  # the allow-list: exactly the one spec given
         assert len(list(tmp_path.glob("vitprobe-serve-*"))) == 1
     finally:
-        server.terminate()
-        output = server.communicate(timeout=30)[0]
-    assert f"vitprobe: demo on http://127.0.0.1:{port}/ offering {tiny_dirs['vit']}" in output
+        output = stop_serve(server, lines)
+    assert server.returncode == 0 and "vitprobe: demo stopped" in output
     assert "Traceback" not in output and "share=True" not in output
     assert list(tmp_path.glob("vitprobe-serve-*")) == []  # stopped with SIGTERM: its files are gone
+
+
+def test_serve_killed_while_starting_leaves_no_files(tiny_dirs, tmp_path):
+    """SIGTERM while the model loads or the server starts: the same clean stop, no temporary files left."""
+    pytest.importorskip("gradio")
+    server, lines = start_serve(tiny_dirs["vit"], free_port(), tmp_path)
+    for _ in range(240):  # wait until its temporary directory exists, i.e. it is past argument parsing
+        if list(tmp_path.glob("vitprobe-serve-*")) or server.poll() is not None:
+            break
+        time.sleep(0.05)
+    assert len(list(tmp_path.glob("vitprobe-serve-*"))) == 1
+    output = stop_serve(server, lines)
+    assert server.returncode == 0 and "vitprobe: demo stopped" in output and "Traceback" not in output
+    assert list(tmp_path.glob("vitprobe-serve-*")) == []
 
 
 @pytest.mark.parametrize(

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import signal
 import tempfile
+import time
 from pathlib import Path
 from typing import Annotated
 
@@ -36,28 +37,45 @@ def register(app: typer.Typer) -> None:
         if listen_all:
             typer.echo("vitprobe: warning: --listen-all serves the demo on every network interface; anyone who "
                        "can reach this machine can upload images and run the models", err=True)
-        with tempfile.TemporaryDirectory(prefix="vitprobe-serve-") as tmp:
-            # gradio keeps its upload copies and served files here; all of it goes when the server stops
-            os.environ["GRADIO_TEMP_DIR"] = str(Path(tmp) / "gradio")
-            from transformers.utils import logging as hf_logging
+        # from here on a plain kill stops the server like Ctrl-C, so the uploads are removed even when it comes
+        # while the server is still starting
+        previous = signal.signal(signal.SIGTERM, _interrupt)
+        try:
+            _run_demo(specs, host, port, max_upload_mb, max_megapixels, device)
+        except KeyboardInterrupt:
+            typer.echo("vitprobe: demo stopped")
+        finally:
+            signal.signal(signal.SIGTERM, previous)
 
-            from ..web.app import DemoError, build_demo
 
-            hf_logging.disable_progress_bar()
-            max_bytes = int(max_upload_mb * 2**20)
-            try:
-                demo = build_demo(specs, work_dir=Path(tmp) / "work", max_upload_bytes=max_bytes,
-                                  max_pixels=int(max_megapixels * 1e6), device=device)
-            except (ImportError, DemoError) as err:
-                raise fail(str(err)) from None
-            try:
-                _, url, _ = demo.launch(server_name=host, server_port=port, share=False, max_file_size=max_bytes,
-                                        show_error=False, prevent_thread_lock=True, quiet=True)
-            except OSError as err:
-                raise fail(f"cannot serve on {host}:{port}: {str(err).splitlines()[0]}") from None
+def _run_demo(specs: list[str], host: str, port: int, max_upload_mb: float, max_megapixels: float,
+              device: str | None) -> None:
+    """Build and serve the demo until interrupted; its temporary files go with it."""
+    with tempfile.TemporaryDirectory(prefix="vitprobe-serve-") as tmp:
+        # gradio keeps its upload copies and served files here; all of it goes when the server stops
+        os.environ["GRADIO_TEMP_DIR"] = str(Path(tmp) / "gradio")
+        from transformers.utils import logging as hf_logging
+
+        from ..web.app import DemoError, build_demo
+
+        hf_logging.disable_progress_bar()
+        max_bytes = int(max_upload_mb * 2**20)
+        try:
+            demo = build_demo(specs, work_dir=Path(tmp) / "work", max_upload_bytes=max_bytes,
+                              max_pixels=int(max_megapixels * 1e6), device=device)
+        except (ImportError, DemoError) as err:
+            raise fail(str(err)) from None
+        try:
+            _, url, _ = demo.launch(server_name=host, server_port=port, share=False, max_file_size=max_bytes,
+                                    show_error=False, prevent_thread_lock=True, quiet=True)
+        except OSError as err:
+            raise fail(f"cannot serve on {host}:{port}: {str(err).splitlines()[0]}") from None
+        try:
             typer.echo(f"vitprobe: demo on {url} offering {', '.join(specs)}; Ctrl-C stops it")
-            signal.signal(signal.SIGTERM, _interrupt)  # a plain kill also stops the server and removes the uploads
-            demo.block_thread()
+            while demo.is_running:
+                time.sleep(0.1)
+        finally:
+            demo.close()
 
 
 def _interrupt(_signum: int, _frame: object) -> None:
