@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -22,6 +23,7 @@ from vitprobe.analysis.maps import cls_maps
 from vitprobe.analysis.tokens import norm_outliers
 from vitprobe.cli import app
 from vitprobe.io.samples import write_samples
+from vitprobe.io.store import RunStore
 from vitprobe.models.hf import load_hf
 from vitprobe.runner import AnalyzeOptions, read_image_list, run_analysis
 
@@ -178,6 +180,31 @@ def test_resume_after_ctrl_c_and_kill_9_equals_an_uninterrupted_run(run_args, un
     assert all((parts / name).stat().st_ino == ino for name, ino in finished.items())  # and none rewritten
     assert not list(parts.glob(".tmp-*"))
     assert read_outputs(out) == uninterrupted
+
+
+def test_ctrl_c_swallowed_mid_batch_still_stops_at_the_next_batch(tiny_dirs, photo_dir, tmp_path, monkeypatch):
+    """Python drops a KeyboardInterrupt raised inside a finalizer the garbage collector runs; the run must
+    stop all the same, at the end of the batch in flight, keeping what it finished."""
+    model = load_hf(str(tiny_dirs["vit"]))
+    write_batch = RunStore.write_batch
+    calls = []
+
+    def write_batch_after_a_swallowed_ctrl_c(self, *args, **kwargs):
+        calls.append(args)
+        if len(calls) == 2:
+            # Ctrl-C lands while a finalizer runs, where Python reports it as "Exception ignored" and carries on
+            with contextlib.suppress(KeyboardInterrupt):
+                signal.raise_signal(signal.SIGINT)
+        return write_batch(self, *args, **kwargs)
+
+    monkeypatch.setattr(RunStore, "write_batch", write_batch_after_a_swallowed_ctrl_c)
+    before = signal.getsignal(signal.SIGINT)
+    with pytest.raises(KeyboardInterrupt):
+        run_analysis(model, read_image_list(photo_dir), tmp_path, AnalyzeOptions(batch_size=2, progress=False))
+    assert len(calls) == 2  # stopped right after the batch in flight, not after all 16
+    assert sorted(p.name for p in (tmp_path / "parts" / "rank-000-of-001").glob("b*")) == ["b000000", "b000001"]
+    assert not (tmp_path / "aggregates.json").exists()
+    assert signal.getsignal(signal.SIGINT) is before  # the run's handler is gone with it
 
 
 def test_two_processes_give_the_same_results_as_one(run_args, uninterrupted, tmp_path):

@@ -33,6 +33,8 @@ import json
 import math
 import os
 import resource
+import signal
+import threading
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
@@ -318,6 +320,37 @@ def _peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
+class CtrlC:
+    """Ctrl-C (SIGINT) stops a run at once with KeyboardInterrupt, as Python's own handler does, and
+    remembers it: where the exception cannot propagate (Python swallows it when it lands in a finalizer
+    run by the garbage collector), ``check`` raises it again at the next batch boundary. Installed only
+    in the main thread, the only one that receives signals."""
+
+    def __init__(self) -> None:
+        self.requested = False
+        self._installed = False
+        self._previous: object = signal.SIG_DFL
+
+    def __enter__(self) -> CtrlC:
+        if threading.current_thread() is threading.main_thread():
+            previous = signal.signal(signal.SIGINT, self._on_sigint)
+            self._previous = signal.SIG_DFL if previous is None else previous  # None: set outside Python
+            self._installed = True
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._installed:
+            signal.signal(signal.SIGINT, self._previous)
+
+    def _on_sigint(self, _signum: int, _frame: object) -> None:
+        self.requested = True
+        raise KeyboardInterrupt
+
+    def check(self) -> None:
+        if self.requested:
+            raise KeyboardInterrupt
+
+
 def run_shard(
     model: VitModel, images: list[Path], store: RunStore, opts: AnalyzeOptions, ranks: Ranks
 ) -> dict:
@@ -342,7 +375,7 @@ def run_shard(
                position=ranks.rank if ranks.distributed else None)
     layers = list(range(model.num_layers))
     processed, start = 0, time.perf_counter()
-    with bar:
+    with bar, CtrlC() as ctrl_c:
         for index, loaded, failures in loader:
             accs = make_accumulators(model.num_layers, model.num_heads, "cls" in model.prefix_names)
             columns: dict[str, list] = {key: [] for key in RECORD_COLUMNS}
@@ -359,6 +392,7 @@ def run_shard(
             store.write_batch(ranks.rank, ranks.world, index, columns, failures, flat_states(accs))
             processed += len(loaded) + len(failures)
             bar.update(len(loaded) + len(failures))
+            ctrl_c.check()
     elapsed = time.perf_counter() - start
     return {"rank": ranks.rank, "images": processed, "seconds": elapsed, "peak_rss_mb": _peak_rss_mb()}
 
