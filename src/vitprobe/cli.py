@@ -16,6 +16,7 @@ from tqdm.auto import tqdm
 from .cli_common import ModelOpt, fail, image_paths, load_model, parse_ints, unique_dir
 from .explain import DEFAULT_METHODS, METHODS, ExplainOptions, explain_image
 from .io.images import ImageLoadError
+from .render.colormap import DEFAULT_CLIP
 
 app = typer.Typer(
     add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
@@ -35,6 +36,9 @@ def explain(
     cmap: Annotated[str, typer.Option(help="matplotlib colormap")] = "inferno",
     alpha: Annotated[float, typer.Option(help="heat-map opacity in [0, 1]")] = 0.5,
     upsample: Annotated[str, typer.Option(help="grid to pixels: bilinear or nearest")] = "bilinear",
+    clip: Annotated[float, typer.Option(
+        help="percentile of each map drawn as the top of its colour scale; 100 = plain min..max"
+    )] = DEFAULT_CLIP,
     query: Annotated[str | None, typer.Option(help="query method: patch ROW,COL (default: grid centre)")] = None,
     device: Annotated[str | None, typer.Option(help="torch device, e.g. cuda")] = None,
 ) -> None:
@@ -46,7 +50,7 @@ def explain(
         methods=chosen,
         heads_layers=parse_ints(layers, "--layers"),
         size=size, head_fusion=head_fusion, discard_ratio=discard_ratio, cmap=cmap, alpha=alpha,
-        upsample=upsample, query_rc=parse_ints(query, "--query") if query else None,
+        upsample=upsample, query_rc=parse_ints(query, "--query") if query else None, clip=clip,
     )
     if opts.query_rc is not None and len(opts.query_rc) != 2:
         raise fail(f"--query takes ROW,COL, got {query!r}")
@@ -54,8 +58,8 @@ def explain(
         raise fail(f"--upsample takes bilinear or nearest, got {upsample!r}")
     if head_fusion not in ("mean", "max", "min"):
         raise fail(f"--head-fusion takes mean, max or min, got {head_fusion!r}")
-    if not 0.0 <= discard_ratio < 1.0 or not 0.0 <= alpha <= 1.0:
-        raise fail("--discard-ratio must be in [0, 1) and --alpha in [0, 1]")
+    if not 0.0 <= discard_ratio < 1.0 or not 0.0 <= alpha <= 1.0 or not 0.0 < clip <= 100.0:
+        raise fail("--discard-ratio must be in [0, 1), --alpha in [0, 1] and --clip in (0, 100]")
     paths = image_paths(images)
     vit = load_model(model, device)
     try:

@@ -13,6 +13,7 @@ from . import render
 from .analysis.maps import aggregate_layers, cls_maps, fuse_heads, query_map
 from .analysis.rollout import rollout
 from .models.base import ImageInput, VitModel
+from .render.colormap import DEFAULT_CLIP
 
 METHODS = ("heads", "layers", "aggregate", "rollout", "query")
 DEFAULT_METHODS = ("heads", "layers", "aggregate", "rollout")
@@ -21,7 +22,8 @@ DEFAULT_METHODS = ("heads", "layers", "aggregate", "rollout")
 @dataclass(frozen=True)
 class ExplainOptions:
     """What ``explain`` draws: ``heads_layers`` get per-head grids (negative = from the end);
-    ``query_rc`` is the (row, col) patch whose own attention the "query" method draws."""
+    ``query_rc`` is the (row, col) patch whose own attention the "query" method draws; ``clip`` is the
+    percentile of each map drawn as the top of its colour scale (100: the max; the saved maps are raw)."""
 
     methods: tuple[str, ...] = DEFAULT_METHODS
     heads_layers: tuple[int, ...] = (-1,)
@@ -32,6 +34,7 @@ class ExplainOptions:
     alpha: float = 0.5
     upsample: str = "bilinear"
     query_rc: tuple[int, int] | None = None
+    clip: float = DEFAULT_CLIP
 
 
 def explain_image(model: VitModel, image: ImageInput, out_dir: Path, opts: ExplainOptions) -> dict:
@@ -44,7 +47,7 @@ def explain_image(model: VitModel, image: ImageInput, out_dir: Path, opts: Expla
     rolled = rollout(cap.fused[opts.head_fusion], cap.layout, opts.discard_ratio)[0]
     view = cap.images[0]
     out_dir.mkdir(parents=True, exist_ok=True)
-    style = {"cmap": opts.cmap, "alpha": opts.alpha, "upsample": opts.upsample}
+    style = {"cmap": opts.cmap, "alpha": opts.alpha, "upsample": opts.upsample, "clip": opts.clip}
     figures: list[str] = []
 
     def save(fig, name: str) -> None:
@@ -95,6 +98,7 @@ def explain_image(model: VitModel, image: ImageInput, out_dir: Path, opts: Expla
             "layers": "(layers,) model layer index of each row",
         },
         "figures": figures,
+        "colour_scale": f"each overlay from its map's min to its {opts.clip:g}th percentile",
     }
     if cap.logits is not None and model.labels:
         probs = cap.logits[0].softmax(-1)

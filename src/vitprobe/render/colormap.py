@@ -9,6 +9,8 @@ import torch
 MapLike = torch.Tensor | np.ndarray
 
 NORMALIZE_MODES = ("minmax", "none")
+DEFAULT_CLIP = 99.0  # what the CLI, demo and report draw as the top of a colour scale: a handful of extreme
+# patches (e.g. DINOv2's artifact tokens) saturate instead of darkening the rest of the map
 
 
 def as_numpy(values: MapLike) -> np.ndarray:
@@ -18,33 +20,42 @@ def as_numpy(values: MapLike) -> np.ndarray:
     return np.asarray(values, dtype=np.float64)
 
 
-def value_range(values: MapLike, vmin: float | None = None, vmax: float | None = None) -> tuple[float, float]:
-    """The (low, high) bounds min-max scaling uses: ``vmin`` / ``vmax`` where given, else the map's min / max."""
+def value_range(
+    values: MapLike, vmin: float | None = None, vmax: float | None = None, clip: float | None = None
+) -> tuple[float, float]:
+    """The (low, high) bounds min-max scaling uses: ``vmin`` / ``vmax`` where given, else the map's min and
+    its max, or its ``clip`` percentile (in (0, 100]) so a few extreme patches (e.g. DINOv2's artifact
+    tokens) saturate instead of leaving the rest of the map dark."""
     arr = as_numpy(values)
+    if clip is not None and not 0.0 < clip <= 100.0:
+        raise ValueError(f"clip is a percentile in (0, 100], got {clip}")
     lo = float(arr.min()) if vmin is None else float(vmin)
-    hi = float(arr.max()) if vmax is None else float(vmax)
+    top = arr.max() if clip is None else np.percentile(arr, clip)
+    hi = float(top if vmax is None else vmax)
     return lo, hi
 
 
 def normalize(
-    values: MapLike, mode: str = "minmax", vmin: float | None = None, vmax: float | None = None
+    values: MapLike, mode: str = "minmax", vmin: float | None = None, vmax: float | None = None,
+    clip: float | None = None,
 ) -> np.ndarray:
     """Scale a map (..., H, W) to float64 values in [0, 1].
 
     - ``"minmax"``: ``(x - lo) / (hi - lo)`` clipped to [0, 1], where ``lo`` / ``hi`` are ``vmin`` /
       ``vmax`` if given, else the map's min / max. When ``hi <= lo`` (e.g. a constant map) there is no
-      contrast to show and the result is all zeros, never NaN.
-    - ``"none"``: the values are taken as already in [0, 1] and only clipped; ``vmin`` / ``vmax`` are
-      not allowed.
+      contrast to show and the result is all zeros, never NaN. ``clip`` takes ``hi`` from a percentile
+      instead of the max (see ``value_range``).
+    - ``"none"``: the values are taken as already in [0, 1] and only clipped; ``vmin`` / ``vmax`` /
+      ``clip`` are not allowed.
     """
     arr = as_numpy(values)
     if mode == "none":
-        if vmin is not None or vmax is not None:
-            raise ValueError("vmin / vmax only apply to mode='minmax'")
+        if vmin is not None or vmax is not None or clip is not None:
+            raise ValueError("vmin / vmax / clip only apply to mode='minmax'")
         return np.clip(arr, 0.0, 1.0)
     if mode != "minmax":
         raise ValueError(f"unknown normalize mode {mode!r}; use one of {NORMALIZE_MODES}")
-    lo, hi = value_range(arr, vmin, vmax)
+    lo, hi = value_range(arr, vmin, vmax, clip)
     if not hi > lo:
         return np.zeros_like(arr)
     return np.clip((arr - lo) / (hi - lo), 0.0, 1.0)

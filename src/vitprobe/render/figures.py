@@ -41,15 +41,19 @@ def head_grid(
     upsample: str = "bilinear",
     colorbar: bool = False,
     ncols: int | None = None,
+    clip: float | None = None,
 ) -> Figure:
     """The image, one overlay per head of ``maps`` (heads, H, W) labelled "head 0", "head 1", ...,
     then each ``extra`` map (H, W) under its name, e.g. ``{"mean": ..., "max": ..., "min": ...}``.
 
     ``normalize``: "per_map" scales each panel to its own min..max; "shared" uses one min..max over
-    all maps so panels can be compared. ``ncols`` defaults to 4-6 columns chosen to fill the rows.
+    all maps so panels can be compared. ``clip`` (a percentile in (0, 100]) sets the top of each scale
+    below the max so a few extreme patches saturate; a colour bar then ends in an arrow. ``ncols``
+    defaults to 4-6 columns chosen to fill the rows.
     """
     panels = [(f"head {i}", m) for i, m in enumerate(_stack(maps))]
-    return _grid(image, panels + list((extra or {}).items()), title, cmap, alpha, normalize, upsample, colorbar, ncols)
+    return _grid(image, panels + list((extra or {}).items()), title, cmap, alpha, normalize, upsample, colorbar, ncols,
+                 clip)
 
 
 def layer_grid(
@@ -64,6 +68,7 @@ def layer_grid(
     upsample: str = "bilinear",
     colorbar: bool = False,
     ncols: int | None = None,
+    clip: float | None = None,
 ) -> Figure:
     """The image, then one overlay per layer of ``maps`` (layers, H, W), then each ``extra`` map (H, W),
     e.g. ``{"rollout": ...}``.
@@ -77,7 +82,8 @@ def layer_grid(
     if len(ids) != len(stack):
         raise ValueError(f"{len(ids)} layer_ids for {len(stack)} maps")
     panels = [(f"layer {i}", m) for i, m in zip(ids, stack, strict=True)]
-    return _grid(image, panels + list((extra or {}).items()), title, cmap, alpha, normalize, upsample, colorbar, ncols)
+    return _grid(image, panels + list((extra or {}).items()), title, cmap, alpha, normalize, upsample, colorbar, ncols,
+                 clip)
 
 
 def maps_figure(
@@ -90,6 +96,7 @@ def maps_figure(
     upsample: str = "bilinear",
     colorbar: bool = True,
     ncols: int | None = None,
+    clip: float | None = None,
 ) -> Figure:
     """The image, then one overlay per named map (H, W) in one row (wrapped past 6 panels), e.g. the
     mean / max / min over layers and the rollout. With ``colorbar`` each overlay gets a bar showing
@@ -97,7 +104,7 @@ def maps_figure(
     """
     if not maps:
         raise ValueError("maps_figure needs at least one map")
-    return _grid(image, list(maps.items()), title, cmap, alpha, normalize, upsample, colorbar, ncols)
+    return _grid(image, list(maps.items()), title, cmap, alpha, normalize, upsample, colorbar, ncols, clip)
 
 
 def save_figure(fig: Figure, path: str | Path, dpi: int = 110) -> Path:
@@ -148,16 +155,16 @@ def _grid(
     upsample: str,
     colorbar: bool,
     ncols: int | None,
+    clip: float | None,
 ) -> Figure:
     """Lay out the image and one overlay per (label, map (H, W)) panel, row-major, each box shaped like the image."""
     if normalize not in NORMALIZE_MODES:
         raise ValueError(f"unknown normalize {normalize!r}; use one of {NORMALIZE_MODES}")
     heats = [as_numpy(m) for _, m in panels]
     if normalize == "shared":
-        lo, hi = min(float(h.min()) for h in heats), max(float(h.max()) for h in heats)
-        bounds = [(lo, hi)] * len(heats)
+        bounds = [value_range(np.concatenate([h.ravel() for h in heats]), clip=clip)] * len(heats)
     else:
-        bounds = [value_range(h) for h in heats]
+        bounds = [value_range(h, clip=clip) for h in heats]
     view = _thumbnail(image)
     n = len(panels) + 1
     cols = min(ncols or _columns(n), n)
@@ -190,7 +197,8 @@ def _grid(
         if colorbar:
             cax = fig.add_axes(box(left + 0.1 * panel_w, bottom - CBAR_GAP_IN - CBAR_H_IN, 0.8 * panel_w, CBAR_H_IN))
             bar = fig.colorbar(
-                ScalarMappable(Normalize(lo, hi), matplotlib.colormaps[cmap]), cax=cax, orientation="horizontal"
+                ScalarMappable(Normalize(lo, hi), matplotlib.colormaps[cmap]), cax=cax, orientation="horizontal",
+                extend="max" if hi < heat.max() else "neither",  # an arrow: values above the bar saturate
             )
             bar.set_ticks([lo, hi], labels=[_tick_label(lo, hi - lo), _tick_label(hi, hi - lo)])
             bar.ax.tick_params(labelsize=7, length=2, pad=1)

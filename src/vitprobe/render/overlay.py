@@ -18,10 +18,12 @@ def overlay(
     upsample: str = "bilinear",
     vmin: float | None = None,
     vmax: float | None = None,
+    clip: float | None = None,
 ) -> Image.Image:
     """Blend a patch-grid heat map (H, W) over ``image``; returns an RGB image of the same pixel size.
 
-    The map is min-max scaled on the grid (``vmin`` / ``vmax`` fix the bounds, see ``normalize``),
+    The map is min-max scaled on the grid (``vmin`` / ``vmax`` fix the bounds, ``clip`` takes the
+    upper one from a percentile, see ``normalize``),
     upsampled to (image height, image width) with ``upsample_map`` ("bilinear" or "nearest"),
     coloured with ``cmap`` and mixed as ``(1 - alpha) * image + alpha * colour``.
     """
@@ -31,7 +33,7 @@ def overlay(
     if grid.ndim != 2:
         raise ValueError(f"overlay expects one heat map (H, W), got shape {tuple(grid.shape)}")
     rgb = np.asarray(image.convert("RGB"), dtype=np.float32)
-    scaled = torch.from_numpy(normalize(grid, "minmax", vmin, vmax))
+    scaled = torch.from_numpy(normalize(grid, "minmax", vmin, vmax, clip))
     pixels = upsample_map(scaled, (image.height, image.width), mode=upsample)
     colour = colorize(pixels, cmap, vmin=0.0, vmax=1.0).astype(np.float32)
     blended = (1.0 - alpha) * rgb + alpha * colour

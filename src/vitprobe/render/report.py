@@ -23,6 +23,7 @@ from ..analysis.rollout import rollout
 from ..io.images import ImageLoadError
 from ..io.store import atomic_write_text, require
 from ..models.base import VitModel
+from .colormap import DEFAULT_CLIP
 from .figures import layer_grid, save_figure
 from .overlay import overlay, side_by_side
 from .plots import (
@@ -42,12 +43,14 @@ MAX_FILTERS = 128
 @dataclass(frozen=True)
 class ReportOptions:
     """``examples``: images drawn layer by layer; ``per_level``: thumbnails per spread level; ``size``:
-    the (H, W) the run resized to, if any (the report must show what the run measured)."""
+    the (H, W) the run resized to, if any (the report must show what the run measured); ``clip``: the
+    percentile of each map drawn as the top of its colour scale."""
 
     examples: int = 4
     per_level: int = 4
     size: tuple[int, int] | None = None
     cmap: str = "inferno"
+    clip: float = DEFAULT_CLIP
 
 
 def _pick(items: list, k: int) -> list:
@@ -138,6 +141,7 @@ def write_report(model: VitModel, out_dir: Path, aggregates: dict, opts: ReportO
         "artifacts": art,
         "failures": _failures(out_dir),
         "missing": missing,
+        "clip": opts.clip,
     }
     env = jinja2.Environment(loader=jinja2.FileSystemLoader(Path(__file__).parent / "templates"),
                              autoescape=jinja2.select_autoescape(["html", "j2"]))
@@ -205,7 +209,8 @@ def _image_figures(model: VitModel, aggregates: dict, opts: ReportOptions, files
             heat = cls_maps(cap.cls, cap.layout)[cap.layer_position(layer), 0].mean(0)
             view = _thumb(cap.images[0])
             name = f"level{level}_{k}.jpg"
-            side_by_side([view, overlay(view, heat, cmap=opts.cmap)], gap=4).save(files / name, quality=88)
+            pair = side_by_side([view, overlay(view, heat, cmap=opts.cmap, clip=opts.clip)], gap=4)
+            pair.save(files / name, quality=88)
             shown.append({"src": f"{FILES}/{name}", "image": member["image"], "entropy": member["entropy_cls_map"]})
         values = [m["entropy_cls_map"] for m in members]
         levels.append({"level": level, "count": len(members), "low": min(values), "high": max(values),
@@ -220,7 +225,7 @@ def _image_figures(model: VitModel, aggregates: dict, opts: ReportOptions, files
         head_mean = cls_maps(cap.cls, cap.layout)[:, 0].mean(1)  # (L, H, W)
         extra = {f"{how} over layers": aggregate_layers(head_mean, how) for how in ("mean", "max", "min")}
         extra["rollout"] = rollout(cap.fused["mean"], cap.layout)[0]
-        fig = layer_grid(cap.images[0], head_mean, layer_ids=cap.layers, extra=extra, cmap=opts.cmap,
+        fig = layer_grid(cap.images[0], head_mean, layer_ids=cap.layers, extra=extra, cmap=opts.cmap, clip=opts.clip,
                          title=f"{Path(path).name}: CLS attention per layer (head mean), aggregates and rollout")
         name = f"example_{k}.png"
         save_figure(fig, files / name, dpi=80)

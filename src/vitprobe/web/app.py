@@ -37,6 +37,7 @@ from ..io.images import ImageLoadError, load_image
 from ..io.samples import SAMPLE_NAMES, write_samples
 from ..models import VitModel, load
 from ..render.annotate import annotate
+from ..render.colormap import DEFAULT_CLIP
 
 log = logging.getLogger(__name__)
 
@@ -61,8 +62,9 @@ class DemoError(ValueError):
 class View:
     """What to draw: ``method`` (one of ``METHODS``), ``layer`` (model index, negative from the
     end), ``heads`` ("mean" / "max" / "min" or "head N"), ``layer_fusion`` (layer aggregation),
-    ``discard_ratio`` (rollout), overlay ``alpha`` and ``cmap``, the ``query`` patch (row, col)
-    (default: the grid centre) and whether to mark ``keypoints``."""
+    ``discard_ratio`` (rollout), overlay ``alpha``, ``cmap`` and ``clip`` (the percentile of each map
+    drawn as the top of its colour scale), the ``query`` patch (row, col) (default: the grid centre)
+    and whether to mark ``keypoints``."""
 
     method: str = "CLS map"
     layer: int = -1
@@ -71,6 +73,7 @@ class View:
     discard_ratio: float = 0.0
     alpha: float = 0.5
     cmap: str = "inferno"
+    clip: float = DEFAULT_CLIP
     query: tuple[int, int] | None = None
     keypoints: bool = False
 
@@ -199,9 +202,10 @@ class DemoBackend:
         except ValueError as err:
             raise DemoError(str(err)) from None
         head = _parse_heads(view.heads, model.num_heads)
-        if view.layer_fusion not in FUSIONS or view.cmap not in COLORMAPS:
-            raise DemoError(f"layer aggregation must be one of {FUSIONS} and the colormap one of {COLORMAPS}")
-        style = {"cmap": view.cmap, "alpha": view.alpha}
+        if view.layer_fusion not in FUSIONS or view.cmap not in COLORMAPS or not 0.0 < view.clip <= 100.0:
+            raise DemoError(f"layer aggregation must be one of {FUSIONS}, the colormap one of {COLORMAPS} and the "
+                            "colour scale top a percentile in (0, 100]")
+        style = {"cmap": view.cmap, "alpha": view.alpha, "clip": view.clip}
         cls_cap = self.capture(spec, key, ("cls",))
         if cls_cap.cls is None:
             raise DemoError(f"{model.name} has no CLS token, so CLS maps and rollout are undefined")
@@ -252,6 +256,8 @@ class DemoBackend:
             overlay = annotate(overlay, boxes=[_patch_box(*query, grid_hw, overlay.size)], colour=QUERY_COLOUR)
         lo, hi = float(heat.min()), float(heat.max())
         caption = describe + what + f"; values {lo:.3g} to {hi:.3g}"
+        if view.clip < 100.0:
+            caption += f", colours saturate above the {view.clip:g}th percentile"
         out = {name: value.float().numpy() for name, value in arrays.items()}
         out["layers"] = np.asarray(cls_cap.layers)
         return Rendered(overlay, figure, heat, out, caption, grid_hw)
@@ -339,7 +345,8 @@ def _first_line(err: BaseException) -> str:
     return text.splitlines()[0] if text else type(err).__name__
 
 
-CONTROLS = ("model", "method", "layer", "heads", "layer_fusion", "discard_ratio", "alpha", "cmap", "keypoints")
+CONTROLS = ("model", "method", "layer", "heads", "layer_fusion", "discard_ratio", "alpha", "cmap", "clip",
+            "keypoints")
 """Order of the control values every drawing handler receives after the state."""
 NO_IMAGE = "Upload an image or pick a sample photo."
 
@@ -442,7 +449,8 @@ class DemoHandlers:
         query = tuple(state["query"]) if state.get("query") else None
         view = View(method=values["method"], layer=int(values["layer"]), heads=values["heads"],
                     layer_fusion=values["layer_fusion"], discard_ratio=float(values["discard_ratio"]),
-                    alpha=float(values["alpha"]), cmap=values["cmap"], query=query, keypoints=bool(values["keypoints"]))
+                    alpha=float(values["alpha"]), cmap=values["cmap"], clip=float(values["clip"]), query=query,
+                    keypoints=bool(values["keypoints"]))
         return values["model"], view
 
     def _unchanged(self, state: dict, status: str) -> tuple:
@@ -529,6 +537,8 @@ def build_demo(
                                     elem_id="discard")
                 alpha = gr.Slider(0.0, 1.0, value=0.5, step=0.05, label="Opacity", elem_id="alpha")
                 cmap = gr.Dropdown(list(COLORMAPS), value=COLORMAPS[0], label="Colormap", elem_id="cmap")
+                clip = gr.Slider(90.0, 100.0, value=DEFAULT_CLIP, step=0.5, elem_id="clip",
+                                 label="Colour scale top (percentile of the map; 100 = its max)")
                 marks = gr.Checkbox(False, label="Keypoints and boxes", elem_id="keypoints")
             with gr.Column(scale=2):
                 overlay = gr.Image(label="Overlay (click a patch)", type="pil", format="png", interactive=False,
@@ -539,11 +549,11 @@ def build_demo(
                 download = gr.Button("Prepare downloads (maps.npz, figure.png)", elem_id="download")
                 files = gr.File(label="Downloads", file_count="multiple", interactive=False, visible=False,
                                 elem_id="files")
-        controls = [model, method, layer, heads, layer_fusion, discard, alpha, cmap, marks]
+        controls = [model, method, layer, heads, layer_fusion, discard, alpha, cmap, clip, marks]
         drawn = [state, overlay, figure, status, files]
         upload.upload(handlers.upload, [upload, state, *controls], drawn)
         sample.input(handlers.sample, [sample, state, *controls], drawn)
-        for control in (method, layer, heads, layer_fusion, discard, alpha, cmap, marks):
+        for control in (method, layer, heads, layer_fusion, discard, alpha, cmap, clip, marks):
             control.input(handlers.redraw, [state, *controls], drawn)
         model.input(handlers.change_model, [state, *controls], [layer, heads, *drawn])
         download.click(handlers.download, [state, *controls], [files, status])
