@@ -8,7 +8,9 @@ import torch
 from PIL import Image
 
 import vitprobe
-from vitprobe.analysis.fast import MeanDistance, RowEntropy, row_entropy
+from vitprobe.analysis.distance import MeanDistance
+from vitprobe.analysis.entropy import RowEntropy
+from vitprobe.analysis.entropy import entropy as row_entropy
 from vitprobe.models.hf import load_hf
 
 

@@ -11,7 +11,8 @@ import transformers
 
 from tests.conftest import PATCH, PREFIX_COUNT, make_tiny
 from vitprobe import CaptureError, UnsupportedModelError
-from vitprobe.analysis.fast import MeanDistance, RowEntropy
+from vitprobe.analysis.distance import MeanDistance
+from vitprobe.analysis.entropy import RowEntropy
 from vitprobe.capture import AttentionRecorder
 from vitprobe.models.hf import load_hf
 

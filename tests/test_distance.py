@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from vitprobe.analysis.distance import distance_bound, mean_attention_distance, patch_distances, uniform_distance
-from vitprobe.analysis.fast import MeanDistance
+from vitprobe.analysis.distance import MeanDistance
 from vitprobe.layout import TokenLayout
 from vitprobe.models.hf import load_hf
 
@@ -134,7 +134,7 @@ def test_rectangular_grid_is_height_first():
 
 
 def test_streamed_reducer_in_capture_equals_definition_on_full_attention(tiny_dirs):
-    """analysis.fast.MeanDistance (block by block, used by dataset runs) against this definition."""
+    """analysis.distance.MeanDistance (block by block, used by dataset runs) against this definition."""
     model = load_hf(str(tiny_dirs["dinov2_with_registers"]))
     pixels = torch.randn(2, 3, 32, 48)
     reducers = {"d": MeanDistance(), "dr": MeanDistance(renormalize=True)}

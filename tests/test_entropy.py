@@ -18,7 +18,7 @@ from vitprobe.analysis.entropy import (
     rows_entropy,
     spread_levels,
 )
-from vitprobe.analysis.fast import RowEntropy
+from vitprobe.analysis.entropy import RowEntropy
 from vitprobe.models.hf import load_hf
 
 
@@ -120,7 +120,7 @@ def test_moments_merge_and_reference():
 
 
 def test_streamed_row_entropy_in_capture_gives_cls_and_rows_entropy(tiny_dirs):
-    """analysis.fast.RowEntropy (block by block, used by dataset runs): its mean over rows is
+    """analysis.entropy.RowEntropy (block by block, used by dataset runs): its mean over rows is
     rows_entropy and its CLS entry cls_entropy."""
     model = load_hf(str(tiny_dirs["deit"]))
     pixels = torch.randn(2, 3, 32, 32)

@@ -49,7 +49,7 @@ def reference_map(attn: np.ndarray, grads: np.ndarray, n_prefix: int, method: st
     return joint[0, n_prefix:]
 
 
-@pytest.mark.parametrize("method", gradients.METHODS)
+@pytest.mark.parametrize("method", gradients.KINDS)
 @pytest.mark.parametrize("n_prefix", [1, 2])
 def test_maps_equal_float64_reference(method, n_prefix):
     layout = TokenLayout(("cls", "distillation")[:n_prefix], (3, 4), 16)
@@ -211,7 +211,7 @@ def _spearman(a: torch.Tensor, b: torch.Tensor) -> float:
 
 
 @needs_timm
-@pytest.mark.parametrize("method", gradients.METHODS)
+@pytest.mark.parametrize("method", gradients.KINDS)
 def test_model_parameter_randomisation_changes_the_maps(method):
     """Adebayo et al.'s sanity check: re-initialising the weights must change the maps."""
     pixels = torch.randn(4, 3, 64, 64, generator=torch.Generator().manual_seed(6))
@@ -242,7 +242,7 @@ def test_head_randomisation_leaves_raw_attention_and_rollout_identical():
     assert not torch.allclose(cap.logits, cap_other.logits)
     assert torch.equal(vitprobe.cls_attention(cap), vitprobe.cls_attention(cap_other))
     assert torch.equal(vitprobe.rollout(cap), vitprobe.rollout(cap_other))
-    for method in gradients.METHODS:
+    for method in gradients.KINDS:
         a = class_maps_pixels(model, pixels, method=method, target=0).maps
         b = class_maps_pixels(other_head, pixels, method=method, target=0).maps
         assert _spearman(a, b) < 0.9

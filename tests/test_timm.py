@@ -12,7 +12,7 @@ from PIL import Image
 import vitprobe
 from tests import timm_models as tm
 from vitprobe import UnsupportedModelError
-from vitprobe.analysis.fast import MeanDistance
+from vitprobe.analysis.distance import MeanDistance
 from vitprobe.capture import AttentionSite
 from vitprobe.io.preprocess import PreprocessSpec
 from vitprobe.models import timm as timm_adapter

@@ -142,6 +142,7 @@ def from_attentions(
         reduced={name: torch.stack([_reduce(r, a, layout) for a in stack]) for name, r in (reducers or {}).items()},
         images=views,
         logits=None if logits is None else _float_tensor(logits).reshape(batch, -1),
+        n_layers=len(layers),
     )
 
 

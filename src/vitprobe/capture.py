@@ -28,7 +28,7 @@ from PIL import Image
 from torch import nn
 from torch.overrides import TorchFunctionMode
 
-from .analysis.maps import FUSIONS, fuse_heads
+from .fusion import FUSIONS, fuse_heads
 from .io.preprocess import Geometry
 from .layout import TokenLayout
 
@@ -71,7 +71,9 @@ class Capture:
     - ``reduced``: name -> (L, B, ...) outputs of the extra reducers;
     - ``token_norms``: (L, B, T) L2 norm of each layer's output tokens (when asked for);
     - ``images``: the part of each original image the model saw, ``geometry`` how it was mapped;
-    - ``logits``: (B, classes) when the model has a classification head.
+    - ``logits``: (B, classes) when the model has a classification head;
+    - ``pixels``: (B, 3, H, W) the preprocessed model input (for methods that run the model again);
+    - ``n_layers``: how many layers the model has (negative layer indices count back from it).
     """
 
     layout: TokenLayout
@@ -85,6 +87,8 @@ class Capture:
     geometry: list[Geometry] = field(default_factory=list)
     logits: torch.Tensor | None = None
     token_norms: torch.Tensor | None = None
+    pixels: torch.Tensor | None = None
+    n_layers: int | None = None
 
     @property
     def batch_size(self) -> int:
@@ -96,13 +100,20 @@ class Capture:
         yield from self.fused.values()
         yield from self.reduced.values()
 
+    def resolve_layer(self, layer: int) -> int:
+        """The model layer index of ``layer`` (negative counts back from the model's last layer)."""
+        total = self.n_layers if self.n_layers is not None else max(self.layers) + 1
+        index = layer + total if layer < 0 else layer
+        if not 0 <= index < total:
+            raise ValueError(f"layer {layer} does not exist: {self.model_name} has {total} layers")
+        return index
+
     def layer_position(self, layer: int) -> int:
-        """Position of a model layer (negative counts from the last recorded) in the stacked tensors."""
-        if layer < 0:
-            return len(self.layers) + layer
-        if layer not in self.layers:
-            raise KeyError(f"layer {layer} was not recorded (recorded: {self.layers})")
-        return self.layers.index(layer)
+        """Position of a model layer (negative counts from the model's last layer) in the stacked tensors."""
+        index = self.resolve_layer(layer)
+        if index not in self.layers:
+            raise KeyError(f"layer {index} was not recorded (recorded: {self.layers})")
+        return self.layers.index(index)
 
 
 def _split_heads(x: torch.Tensor, num_heads: int, head_dim: int) -> torch.Tensor:

@@ -1,4 +1,4 @@
-"""Command line: ``vitprobe explain``, ``vitprobe models``, ``vitprobe samples``."""
+"""Command line: ``vitprobe explain``, ``vitprobe models``, ``vitprobe methods``, ``vitprobe samples``."""
 
 from __future__ import annotations
 
@@ -13,59 +13,56 @@ from typing import Annotated
 import typer
 from tqdm.auto import tqdm
 
-from .cli_common import ModelOpt, fail, image_paths, load_model, parse_ints, unique_dir
-from .explain import DEFAULT_METHODS, METHODS, ExplainOptions, explain_image
+from .cli_common import (
+    ACCEPTS_METHOD_OPTIONS,
+    METHOD_OPTIONS_HELP,
+    AlphaOpt,
+    ClipOpt,
+    CmapOpt,
+    ColorbarOpt,
+    MethodOpt,
+    ModelOpt,
+    UpsampleOpt,
+    fail,
+    image_paths,
+    load_model,
+    method_specs,
+    spec_labels,
+    style_from,
+    unique_dir,
+)
+from .explain import DEFAULT_METHODS, ExplainOptions, explain_image
 from .io.images import ImageLoadError
-from .render.colormap import DEFAULT_CLIP
+from .render.style import DEFAULT_CLIP
 
 app = typer.Typer(
     add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
     help="See what Vision Transformers attend to, and measure it.",
 )
 
-@app.command()
+@app.command(context_settings=ACCEPTS_METHOD_OPTIONS, epilog=METHOD_OPTIONS_HELP)
 def explain(
-    images: Annotated[list[Path], typer.Argument(help="image files or folders")],
+    images: Annotated[list[str], typer.Argument(help="image files or folders, and the methods' options")],
     model: ModelOpt = "offline",
+    method: MethodOpt = ",".join(DEFAULT_METHODS),
     out: Annotated[Path, typer.Option("--out", "-o", help="output directory")] = Path("vitprobe_out"),
-    layers: Annotated[str, typer.Option(help="layers for per-head grids, e.g. '-1' or '0,5,11'")] = "-1",
-    methods: Annotated[str, typer.Option(help=f"comma-separated: {','.join(METHODS)}")] = ",".join(DEFAULT_METHODS),
     size: Annotated[tuple[int, int] | None, typer.Option(help="resize the whole image to H W (no crop)")] = None,
-    head_fusion: Annotated[str, typer.Option(help="rollout head fusion: mean, max or min")] = "mean",
-    discard_ratio: Annotated[float, typer.Option(help="rollout: drop this fraction of lowest attention")] = 0.0,
-    cmap: Annotated[str, typer.Option(help="matplotlib colormap")] = "inferno",
-    alpha: Annotated[float, typer.Option(help="heat-map opacity in [0, 1]")] = 0.5,
-    upsample: Annotated[str, typer.Option(help="grid to pixels: bilinear or nearest")] = "bilinear",
-    clip: Annotated[float, typer.Option(
-        help="percentile of each map drawn as the top of its colour scale; 100 = plain min..max"
-    )] = DEFAULT_CLIP,
-    query: Annotated[str | None, typer.Option(help="query method: patch ROW,COL (default: grid centre)")] = None,
+    top: Annotated[int, typer.Option(help="predictions listed beside the maps (models with a class head)")] = 5,
+    cmap: CmapOpt = "inferno",
+    alpha: AlphaOpt = 0.5,
+    clip: ClipOpt = DEFAULT_CLIP,
+    upsample: UpsampleOpt = "bilinear",
+    colorbar: ColorbarOpt = True,
     device: Annotated[str | None, typer.Option(help="torch device, e.g. cuda")] = None,
 ) -> None:
-    """Draw attention maps of each image: per-head grids, per-layer grid, aggregation, rollout."""
-    chosen = tuple(m.strip() for m in methods.split(",") if m.strip())
-    if not chosen or set(chosen) - set(METHODS):
-        raise fail(f"--methods takes a comma-separated subset of {','.join(METHODS)}, got {methods!r}")
-    opts = ExplainOptions(
-        methods=chosen,
-        heads_layers=parse_ints(layers, "--layers"),
-        size=size, head_fusion=head_fusion, discard_ratio=discard_ratio, cmap=cmap, alpha=alpha,
-        upsample=upsample, query_rc=parse_ints(query, "--query") if query else None, clip=clip,
-    )
-    if opts.query_rc is not None and len(opts.query_rc) != 2:
-        raise fail(f"--query takes ROW,COL, got {query!r}")
-    if upsample not in ("bilinear", "nearest"):
-        raise fail(f"--upsample takes bilinear or nearest, got {upsample!r}")
-    if head_fusion not in ("mean", "max", "min"):
-        raise fail(f"--head-fusion takes mean, max or min, got {head_fusion!r}")
-    if not 0.0 <= discard_ratio < 1.0 or not 0.0 <= alpha <= 1.0 or not 0.0 < clip <= 100.0:
-        raise fail("--discard-ratio must be in [0, 1), --alpha in [0, 1] and --clip in (0, 100]")
-    paths = image_paths(images)
+    """Draw each image's attention by the chosen methods: one figure per method, maps.npz, summary.json."""
+    tokens, specs = method_specs(method, images)
+    style = style_from(cmap, alpha, clip, upsample, colorbar)
+    if top < 0:
+        raise fail("--top must be at least 0")
+    paths = image_paths([Path(t) for t in tokens])
     vit = load_model(model, device)
-    try:
-        vit.resolve_layers(opts.heads_layers)
-    except ValueError as err:
-        raise fail(str(err)) from None
+    opts = ExplainOptions(methods=specs, labels=spec_labels(specs), size=size, style=style, top_k=top)
     failures, used = 0, set()
     start = time.perf_counter()
     for path in tqdm(paths, desc="explain", unit="image", disable=len(paths) < 2):
@@ -74,7 +71,7 @@ def explain(
         except ImageLoadError as err:
             failures += 1
             tqdm.write(f"vitprobe: error: {err}", file=sys.stderr)
-        except IndexError as err:  # a --query patch outside this image's grid
+        except (ValueError, IndexError) as err:  # the same for every image: a layer, head or patch out of range
             raise fail(str(err)) from None
     done = len(paths) - failures
     typer.echo(f"{done} of {len(paths)} images explained with {vit.name} in {time.perf_counter() - start:.1f} s; "
@@ -98,6 +95,15 @@ def models() -> None:
     cached = (cache_dir() / OFFLINE_NAME / "model.safetensors").exists()
     typer.echo(f"\ndefault model: {OFFLINE_NAME} ({'converted, cached' if cached else 'converted on first use'}; "
                f"{source})")
+
+
+@app.command(name="methods")
+def list_methods() -> None:
+    """List every method: name, what it draws, its options with defaults, and what the model must have."""
+    from .methods import methods as registered
+
+    for info in registered():
+        typer.echo(str(info))
 
 
 @app.command()

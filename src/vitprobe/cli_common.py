@@ -1,18 +1,39 @@
-"""What every CLI command shares: the --model option, one-line failures, model loading, image lists."""
+"""What every CLI command shares: the --model option, the style options, method options, one-line failures,
+model loading and image lists."""
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
 from .io.images import ImageLoadError, list_images
 
+if TYPE_CHECKING:
+    from .render.style import Style
+
 ModelOpt = Annotated[
     str, typer.Option("--model", "-m", help="'offline' (default), a HF id or directory, 'timm:<name>'")
 ]
+MethodOpt = Annotated[str, typer.Option(
+    "--method", help="comma-separated method names (`vitprobe methods` lists them with their parameters)"
+)]
+CmapOpt = Annotated[str, typer.Option(help="matplotlib colormap")]
+AlphaOpt = Annotated[float, typer.Option(help="heat-map opacity in [0, 1]")]
+ClipOpt = Annotated[float, typer.Option(
+    help="percentile of each map drawn as the top of its colour scale; 100 = plain min..max"
+)]
+UpsampleOpt = Annotated[str, typer.Option(help="grid to pixels: bilinear or nearest")]
+ColorbarOpt = Annotated[bool, typer.Option(help="a colour bar under every panel")]
+METHOD_OPTIONS_HELP = (
+    "Each chosen method's parameters are options too, e.g. --layer 5, --discard-ratio 0.9, --head 2; "
+    "`vitprobe methods` lists them. Repeat an option (--layer 0 --layer 11) for one map per value."
+)
+ACCEPTS_METHOD_OPTIONS = {"allow_extra_args": True, "ignore_unknown_options": True}
+"""Click settings that let a command's positional list carry the method options (split by ``method_specs``)."""
 
 
 def fail(message: str, code: int = 2) -> typer.Exit:
@@ -35,8 +56,85 @@ def load_model(spec: str, device: str | None):
         raise fail(f"cannot load model {spec!r}: {first}") from None
 
 
+def style_from(cmap: str, alpha: float, clip: float, upsample: str, colorbar: bool = True) -> Style:
+    """The ``Style`` of the style options; a bad value exits 2 naming the option."""
+    from .render.style import Style
+
+    try:
+        return Style(cmap=cmap, alpha=alpha, clip=clip, upsample=upsample, colorbar=colorbar)
+    except ValueError as err:
+        raise fail(str(err)) from None
+
+
+def method_specs(method: str, tokens: Sequence[str]) -> tuple[list[str], list[tuple[str, dict[str, Any]]]]:
+    """Split a command's positional tokens into plain arguments and the options of the methods named
+    in ``method`` (comma-separated): (arguments, [(method name, its parameters)]).
+
+    ``--name VALUE`` or ``--name=VALUE`` sets the parameter ``name`` (dashes for underscores) of every
+    chosen method that takes it; an option given several times makes one method instance per value
+    (several such options: every combination). Exits 2 with one line for an unknown method, an option
+    no chosen method takes, or a bad value.
+    """
+    from .methods import get_method
+
+    names = [m.strip() for m in method.split(",") if m.strip()]
+    if not names:
+        raise fail("--method needs at least one method name (`vitprobe methods` lists them)")
+    try:
+        impls = [get_method(name) for name in names]
+    except ValueError as err:
+        raise fail(f"--method: {err}") from None
+    by_option = {p.option: p for impl in impls for p in impl.params}
+    rest: list[str] = []
+    given: dict[str, list[Any]] = {}
+    items = iter(tokens)
+    for token in items:
+        if not token.startswith("--"):
+            rest.append(token)
+            continue
+        option, eq, value = token.partition("=")
+        param = by_option.get(option)
+        if param is None:
+            raise fail(f"{option}: no chosen method ({', '.join(names)}) takes this option; "
+                       "`vitprobe methods` lists each method's options")
+        if not eq:
+            value = next(items, None)
+            if value is None:
+                raise fail(f"{option} needs a value ({param.describe()})")
+        try:
+            given.setdefault(param.name, []).append(param.parse(value))
+        except ValueError as err:
+            raise fail(str(err)) from None
+    specs = []
+    for impl in impls:
+        own = {name: values for name, values in given.items() if name in {p.name for p in impl.params}}
+        for combo in itertools.product(*own.values()):
+            specs.append((impl.name, dict(zip(own, combo, strict=True))))
+    return rest, specs
+
+
+def spec_labels(specs: Sequence[tuple[str, dict[str, Any]]]) -> list[str]:
+    """A file-name label per method instance: its name, plus the parameters that tell apart several
+    instances of one method (``cls_layer5``, ``cls_layer11``)."""
+    labels = []
+    for name, params in specs:
+        twins = [p for n, p in specs if n == name]
+        differing = sorted({k for p in twins for k in p if any(q.get(k) != p.get(k) for q in twins)})
+        suffix = "".join(f"_{k.replace('_', '')}{_token(params.get(k))}" for k in differing)
+        labels.append(name + suffix)
+    return labels
+
+
+def _token(value: Any) -> str:
+    if isinstance(value, tuple):
+        return "-".join(str(v) for v in value)
+    return str(value).replace(" ", "-").replace("/", "-")
+
+
 def image_paths(inputs: Sequence[Path]) -> list[Path]:
     """Files and folders (recursive) -> image paths; a missing path or an empty result exits 2."""
+    if not inputs:
+        raise fail("no images given")
     try:
         paths = list_images(inputs)
     except ImageLoadError as err:
@@ -44,14 +142,6 @@ def image_paths(inputs: Sequence[Path]) -> list[Path]:
     if not paths:
         raise fail("no images found in " + ", ".join(map(str, inputs)))
     return paths
-
-
-def parse_ints(text: str, what: str) -> tuple[int, ...]:
-    """'0,5,-1' -> (0, 5, -1); anything else exits 2 naming the option."""
-    try:
-        return tuple(int(v) for v in text.split(",") if v.strip())
-    except ValueError:
-        raise fail(f"{what} must be comma-separated integers, got {text!r}") from None
 
 
 def unique_dir(out: Path, stem: str, used: set[str]) -> Path:

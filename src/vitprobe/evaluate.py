@@ -86,10 +86,11 @@ def centre_gaussian(grid_hw: tuple[int, int], sigma: float = 0.25) -> torch.Tens
 
 @dataclass(frozen=True)
 class LocalizeOptions:
-    """How maps become predictions: keypoint ``method`` with ``threshold`` / ``fraction``,
-    ``top_k`` keypoints for PCK, PCK ``alpha``, pointing ``tolerance`` (px), mask ``fraction``."""
+    """How maps become predictions: keypoint ``find``er (``analysis.keypoints.FINDERS``) with
+    ``threshold`` / ``fraction``, ``top_k`` keypoints for PCK, PCK ``alpha``, pointing ``tolerance``
+    (px), mask ``fraction``."""
 
-    method: str = "components"
+    find: str = "components"
     threshold: Threshold = OTSU
     fraction: float = 0.6
     top_k: int = 5
@@ -136,7 +137,7 @@ def score_image(
     boxes = [xywh_to_xyxy(obj.box) for obj in truth.objects]
     pointing = float(any(point_in_box(px, py, box, opts.tolerance) for box in boxes))
 
-    found = kp.find(fused[None], opts.method, opts.threshold, opts.fraction, opts.top_k).keypoints[0]
+    found = kp.find(fused[None], opts.find, opts.threshold, opts.fraction, opts.top_k).keypoints[0]
     placed = [kp.to_image(k, patch_size, geometry) for k in found]
     points = np.array([(k.x, k.y) for k in placed]).reshape(-1, 2)
     hits, total = 0, 0

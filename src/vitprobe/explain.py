@@ -1,111 +1,77 @@
-"""The main job: one image in, its attention figures, maps.npz and summary.json out."""
+"""The main job: one image in, one figure per method, ``maps.npz`` and ``summary.json`` out."""
 
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
-import torch
 
 from . import render
-from .analysis.maps import aggregate_layers, cls_maps, fuse_heads, query_map
-from .analysis.rollout import rollout
+from .methods import MethodSpec, attribute
 from .models.base import ImageInput, VitModel
-from .render.colormap import DEFAULT_CLIP
+from .render.style import Style
 
-METHODS = ("heads", "layers", "aggregate", "rollout", "query")
-DEFAULT_METHODS = ("heads", "layers", "aggregate", "rollout")
+DEFAULT_METHODS = ("cls", "layers", "rollout")
 
 
 @dataclass(frozen=True)
 class ExplainOptions:
-    """What ``explain`` draws: ``heads_layers`` get per-head grids (negative = from the end);
-    ``query_rc`` is the (row, col) patch whose own attention the "query" method draws; ``clip`` is the
-    percentile of each map drawn as the top of its colour scale (100: the max; the saved maps are raw)."""
+    """What ``explain`` draws: ``methods`` as (name, parameters) pairs, labelled ``labels`` (file names,
+    one per method instance); the whole image resized to ``size`` (H, W) instead of the model's own
+    preprocessing; ``style`` of every figure; the ``top_k`` predictions of a classifier beside the maps."""
 
-    methods: tuple[str, ...] = DEFAULT_METHODS
-    heads_layers: tuple[int, ...] = (-1,)
+    methods: Sequence[MethodSpec]
+    labels: Sequence[str]
     size: tuple[int, int] | None = None
-    head_fusion: str = "mean"
-    discard_ratio: float = 0.0
-    cmap: str = "inferno"
-    alpha: float = 0.5
-    upsample: str = "bilinear"
-    query_rc: tuple[int, int] | None = None
-    clip: float = DEFAULT_CLIP
+    style: Style = Style()
+    top_k: int = 5
+
+
+def _jsonable(value: Any) -> Any:
+    return list(value) if isinstance(value, tuple) else value
 
 
 def explain_image(model: VitModel, image: ImageInput, out_dir: Path, opts: ExplainOptions) -> dict:
-    """Capture one image, write figures, ``maps.npz`` and ``summary.json`` into ``out_dir``; return the summary."""
-    heads_layers = model.resolve_layers(opts.heads_layers)
-    want_query = "query" in opts.methods
-    cap = model.capture(image, size=opts.size, fuse=(opts.head_fusion,), full_layers=heads_layers if want_query else ())
-    per_head = cls_maps(cap.cls, cap.layout)[:, 0]  # (L, heads, H, W)
-    head_mean = fuse_heads(per_head, "mean")  # (L, H, W)
-    rolled = rollout(cap.fused[opts.head_fusion], cap.layout, opts.discard_ratio)[0]
-    view = cap.images[0]
+    """Attribute one image by every method (one forward pass), write ``<label>.png`` per method,
+    ``maps.npz`` and ``summary.json`` into ``out_dir``; return the summary."""
+    results = attribute(model, image, method=list(opts.methods), size=opts.size)
     out_dir.mkdir(parents=True, exist_ok=True)
-    style = {"cmap": opts.cmap, "alpha": opts.alpha, "upsample": opts.upsample, "clip": opts.clip}
-    figures: list[str] = []
-
-    def save(fig, name: str) -> None:
-        render.save_figure(fig, out_dir / name)
+    arrays: dict[str, np.ndarray] = {}
+    described, figures = [], []
+    for label, result in zip(opts.labels, results, strict=True):
+        name = f"{label}.png"
+        render.save_figure(render.attribution_figure(result, 0, opts.style, opts.top_k), out_dir / name)
         figures.append(name)
-
-    if "heads" in opts.methods:
-        for layer in heads_layers:
-            fused = {how: fuse_heads(per_head[layer], how) for how in ("mean", "max", "min")}
-            save(render.head_grid(view, per_head[layer], title=f"CLS attention, layer {layer}", extra=fused, **style),
-                 f"heads_layer{layer:02d}.png")
-    if "layers" in opts.methods:
-        save(render.layer_grid(view, head_mean, layer_ids=cap.layers, title="CLS attention per layer (head mean)",
-                               extra={"rollout": rolled}, **style), "layers.png")
-    if "aggregate" in opts.methods:
-        aggregated = {f"layer {how}": aggregate_layers(head_mean, how) for how in ("mean", "max", "min")}
-        save(render.maps_figure(view, {**aggregated, "rollout": rolled}, title="Layer aggregation", **style),
-             "aggregate.png")
-    if "rollout" in opts.methods:
-        render.overlay(view, rolled, **style).save(out_dir / "rollout.png")
-        figures.append("rollout.png")
-    query_rc = opts.query_rc or (cap.layout.grid_hw[0] // 2, cap.layout.grid_hw[1] // 2)
-    if want_query:
-        for layer in heads_layers:
-            q = query_map(cap.full[layer], cap.layout, *query_rc)[0]
-            title = f"attention of patch (row {query_rc[0]}, col {query_rc[1]}), layer {layer}"
-            save(render.head_grid(view, q, title=title, extra={"mean": fuse_heads(q, "mean")}, **style),
-                 f"query_r{query_rc[0]}_c{query_rc[1]}_layer{layer:02d}.png")
-
-    np.savez_compressed(
-        out_dir / "maps.npz",
-        cls_attention=per_head.numpy().astype(np.float32),
-        rollout=rolled.numpy().astype(np.float32),
-        layers=np.asarray(cap.layers),
-    )
+        arrays[label] = result.maps[0].numpy().astype(np.float32)
+        for key, value in result.detail.items():
+            arrays[f"{label}.{key}"] = value[0].numpy().astype(np.float32)
+        entry = {"label": label, "method": result.method, "params": {k: _jsonable(v) for k, v in result.params.items()},
+                 "title": result.title, "figure": name,
+                 "maps_npz": {label: list(result.maps[0].shape),
+                              **{f"{label}.{k}": list(v[0].shape) for k, v in result.detail.items()}}}
+        if result.targets is not None:
+            entry["target"] = {"index": result.targets[0], "label": result.labels.get(result.targets[0])}
+        described.append(entry)
+    np.savez_compressed(out_dir / "maps.npz", **arrays)
+    first = results[0]
     summary = {
         **model.describe(),
-        "input_hw": list(cap.geometry[0].input_hw),
-        "grid_hw": list(cap.layout.grid_hw),
-        "geometry": cap.geometry[0].to_dict(),
+        "input_hw": list(first.geometry[0].input_hw),
+        "grid_hw": list(first.layout.grid_hw),
+        "geometry": first.geometry[0].to_dict(),
         "size_requested": list(opts.size) if opts.size else None,
-        "methods": list(opts.methods),
-        "rollout": {"head_fusion": opts.head_fusion, "discard_ratio": opts.discard_ratio},
-        "query_patch_rc": list(query_rc) if want_query else None,
-        "maps_npz": {
-            "cls_attention": "(layers, heads, H, W) raw CLS-row attention over patch tokens, not renormalised",
-            "rollout": "(H, W) CLS row of the joint rollout matrix over patch tokens",
-            "layers": "(layers,) model layer index of each row",
-        },
+        "methods": described,
         "figures": figures,
-        "colour_scale": f"each overlay from its map's min to its {opts.clip:g}th percentile",
+        "colour_scale": opts.style.describe(),
+        "maps": "raw values on the patch grid (H, W), prefix tokens dropped, not renormalised",
     }
-    if cap.logits is not None and model.labels:
-        probs = cap.logits[0].softmax(-1)
-        top = torch.topk(probs, min(5, probs.numel()))
-        summary["top5"] = [
-            {"label": model.labels.get(int(i), str(int(i))), "probability": round(float(p), 5)}
-            for p, i in zip(top.values, top.indices, strict=True)
-        ]
+    top = first.top(0, opts.top_k)
+    if top:
+        summary["top5" if opts.top_k == 5 else f"top{opts.top_k}"] = [
+            {"index": i, "label": label, "probability": round(p, 5)} for i, label, p in top]
     (out_dir / "summary.json").write_text(json.dumps(summary, indent=2))
     return summary

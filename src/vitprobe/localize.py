@@ -1,75 +1,37 @@
 """From a model and images to keypoints, boxes, masks and evaluation scores on the original images.
 
-The glue under ``vitprobe keypoints`` and ``vitprobe evaluate``: pick the map (``source``), run
-a method from ``analysis.keypoints``, carry everything onto the original image, and score
-against COCO ground truth beside the baselines of ``evaluate``.
+The glue under ``vitprobe keypoints`` and ``vitprobe evaluate``: a registered method's map of the
+whole image, a finder from ``analysis.keypoints``, everything carried onto the original image, and
+scores against COCO ground truth beside the baselines of ``evaluate``.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 from PIL import Image
 
 from .analysis import keypoints as kp
-from .analysis.maps import cls_maps
 from .analysis.masks import grid_mask_to_image
-from .analysis.rollout import rollout
-from .capture import Capture
 from .coco import ImageTruth
 from .evaluate import ImageScores, LocalizeOptions, centre_gaussian, mean_scores, random_maps, score_image, summarize
-from .io.images import load_image
+from .io.images import ImageLoadError, load_image
 from .io.preprocess import Geometry, PreprocessSpec
-from .layout import NO_CLS_MESSAGE
+from .methods import Attribution, attribute
 from .models.base import VitModel
 
-SOURCE_HELP = "cls (last-layer CLS attention, head mean), rollout, or head:N (one head of the CLS attention)"
-
-
-def parse_source(text: str) -> tuple[str, int | None]:
-    """``'cls'`` / ``'rollout'`` / ``'head:N'`` -> (kind, head index or None)."""
-    kind, _, head = text.partition(":")
-    if kind in ("cls", "rollout") and not head:
-        return kind, None
-    if kind == "head" and head.isdigit():
-        return kind, int(head)
-    raise ValueError(f"--source takes {SOURCE_HELP}; got {text!r}")
-
-
-def capture_for(model: VitModel, image: str | Path | Image.Image, source: str, short_side: int | None,
-                layer: int = -1) -> Capture:
-    """Capture one image for ``source``, the whole image resized keeping its aspect (see ``whole_image_hw``)."""
+def attribute_whole(model: VitModel, image: str | Path | Image.Image, method: str = "cls",
+                    short_side: int | None = None, **params: Any) -> Attribution:
+    """``method``'s maps of one image, the whole image resized keeping its aspect (see ``whole_image_hw``)."""
     picture = load_image(image)
     size = whole_image_hw((picture.height, picture.width), short_side or default_short_side(model.preprocess),
                           model.patch_size)
-    kind, _ = parse_source(source)
-    layers = None if kind == "rollout" else [layer]
-    fuse = ("mean",) if kind == "rollout" else ()
-    return model.capture(picture, size=size, layers=layers, fuse=fuse, full_layers=())
-
-
-def source_maps(cap: Capture, source: str) -> tuple[torch.Tensor, torch.Tensor]:
-    """The map of ``source`` (B, H, W) and its candidates for per-head masks (B, K, H, W).
-
-    ``cls``: the last recorded layer's CLS attention, head mean; candidates are the heads.
-    ``head:N``: that head alone. ``rollout``: the rollout through all recorded layers.
-    """
-    kind, head = parse_source(source)
-    if cap.cls is None:
-        raise ValueError(NO_CLS_MESSAGE)
-    if kind == "rollout":
-        rolled = rollout(cap.fused["mean"], cap.layout)
-        return rolled, rolled[:, None]
-    heads = cls_maps(cap.cls, cap.layout)[-1]  # (B, heads, H, W)
-    if kind == "cls":
-        return heads.mean(dim=1), heads
-    if head >= heads.shape[1]:
-        raise ValueError(f"head {head} does not exist: the model has {heads.shape[1]} heads")
-    return heads[:, head], heads[:, head : head + 1]
+    return attribute(model, picture, method=method, size=size, **params)
 
 
 def default_short_side(spec: PreprocessSpec) -> int:
@@ -107,29 +69,29 @@ class Localized:
     patch_size: int
 
 
-def localize(cap: Capture, source: str = "cls", opts: LocalizeOptions | None = None) -> list[Localized]:
-    """Keypoints, boxes and masks of every image of a capture, on the original images
+def localize(result: Attribution, opts: LocalizeOptions | None = None) -> list[Localized]:
+    """Keypoints, boxes and masks of every image of an attribution, on the original images
     (``opts`` default: components above Otsu's threshold, top 5)."""
     opts = opts or LocalizeOptions()
-    fused, _ = source_maps(cap, source)
-    found = kp.find(fused, opts.method, opts.threshold, opts.fraction, opts.top_k)
-    patch = cap.layout.patch_size
+    found = kp.find(result.maps, opts.find, opts.threshold, opts.fraction, opts.top_k)
+    patch = result.layout.patch_size
     return [
         Localized([kp.to_image(k, patch, geo) for k in points], grid_mask_to_image(mask, patch, geo), heat, geo, patch)
-        for points, mask, heat, geo in zip(found.keypoints, found.masks, fused, cap.geometry, strict=True)
+        for points, mask, heat, geo in zip(found.keypoints, found.masks, result.maps, result.geometry, strict=True)
     ]
 
 
 @dataclass(frozen=True)
 class EvalOptions:
-    """``source`` map, ``short_side`` of the whole-image input (None: the model's own), ``layer`` of
-    the CLS map, ``draws`` of the random baseline and its ``seed``, ``sigma`` of the centre prior;
-    ``masks`` "heads" (DINO: the best head's mask per object) or "fused" (the source map's mask)."""
+    """The map: ``method`` with its ``params``; ``short_side`` of the whole-image input (None: the
+    model's own), ``draws`` of the random baseline and its ``seed``, ``sigma`` of the centre prior;
+    ``masks`` "heads" (DINO: the best head's mask per object, where the method has per-head maps) or
+    "fused" (the method's map's own mask)."""
 
-    source: str = "cls"
+    method: str = "cls"
+    params: dict = field(default_factory=dict)
     masks: str = "heads"
     short_side: int | None = None
-    layer: int = -1
     draws: int = 20
     seed: int = 0
     sigma: float = 0.25
@@ -145,11 +107,11 @@ def evaluate_dataset(
     images_dir: Path,
     opts: EvalOptions,
     on_error: Callable[[Exception], None],
-    on_image: Callable[[ImageTruth, Capture], None] | None = None,
+    on_image: Callable[[ImageTruth, Attribution], None] | None = None,
 ) -> dict:
     """Score the model's maps and both baselines on every annotated image; ``on_error`` is told of
     images that cannot be loaded (they are skipped), ``on_image`` (if given) gets each scored
-    image's capture. Returns per-image scores and the summary."""
+    image's attribution. Returns per-image scores and the summary."""
     generator = torch.Generator().manual_seed(opts.seed)
     per_image: list[dict] = []
     scores: dict[str, list[ImageScores]] = {name: [] for name in BASELINES}
@@ -157,35 +119,35 @@ def evaluate_dataset(
         if not truth.objects:
             continue
         try:
-            cap = capture_for(model, images_dir / truth.file_name, opts.source, opts.short_side, opts.layer)
-        except ValueError as err:  # ImageLoadError is a ValueError
+            picture = load_image(images_dir / truth.file_name)
+        except ImageLoadError as err:
             on_error(err)
             continue
-        geometry = cap.geometry[0]
+        result = attribute_whole(model, picture, opts.method, opts.short_side, **opts.params)
+        geometry = result.geometry[0]
         if geometry.original_hw != (truth.height, truth.width):
             on_error(ValueError(f"{images_dir / truth.file_name}: image is {geometry.original_hw[0]}x"
                                 f"{geometry.original_hw[1]} but annotated as {truth.height}x{truth.width}"))
             continue
-        fused, candidates = source_maps(cap, opts.source)
-        if opts.masks == "fused":
-            candidates = fused[:, None]
-        patch, grid = cap.layout.patch_size, cap.layout.grid_hw
+        fused = result.maps
+        candidates = fused[:, None] if opts.masks == "fused" else result.candidates
+        patch, grid = result.layout.patch_size, result.layout.grid_hw
         k = candidates.shape[1]
 
         def score(f: torch.Tensor, c: torch.Tensor, patch=patch, geometry=geometry, truth=truth) -> ImageScores:
             return score_image(f, c, patch, geometry, truth, opts.localize)
 
         centre = centre_gaussian(grid, opts.sigma)
-        result = {
+        scored = {
             "model": score(fused[0], candidates[0]),
             "random": mean_scores([score(random_maps(1, grid, generator)[0], random_maps(k, grid, generator))
                                    for _ in range(opts.draws)]),
             "centre": score(centre, centre[None]),
         }
         if on_image is not None:
-            on_image(truth, cap)
-        for name, value in result.items():
+            on_image(truth, result)
+        for name, value in scored.items():
             scores[name].append(value)
         per_image.append({"file_name": truth.file_name, "grid_hw": list(grid), "input_hw": list(geometry.input_hw),
-                          **{name: value.to_dict() for name, value in result.items()}})
+                          **{name: value.to_dict() for name, value in scored.items()}})
     return {"images": per_image, "summary": {name: summarize(scores[name]) for name in BASELINES}}

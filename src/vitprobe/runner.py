@@ -46,9 +46,8 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
 from .analysis.accumulate import Accumulator, Moments
-from .analysis.distance import distance_bound, uniform_distance
-from .analysis.entropy import SpreadLevels, map_entropy
-from .analysis.fast import MeanDistance, RowEntropy
+from .analysis.distance import MeanDistance, distance_bound, uniform_distance
+from .analysis.entropy import RowEntropy, SpreadLevels, map_entropy
 from .analysis.maps import cls_maps
 from .analysis.tokens import ArtifactCounts, artifact_counts
 from .io.images import ImageLoadError, list_images, load_image
@@ -228,7 +227,7 @@ def merge_flat(accs: dict[str, Accumulator], flat: dict[str, torch.Tensor]) -> N
 def probe_pixels(model: VitModel, pixels: torch.Tensor, opts: AnalyzeOptions) -> tuple[dict[str, torch.Tensor], dict]:
     """One forward pass over pixels (B, 3, H, W): per-image metrics and the artifact counts.
 
-    Attention is reduced block by block as each layer is computed (``analysis.fast``), so no
+    Attention is reduced block by block as each layer is computed (``MeanDistance``, ``RowEntropy``), so no
     (B, heads, T, T) tensor is allocated. Returns ({metric: (L, B, heads) or (L, B) float64},
     counts from ``artifact_counts`` plus the ``layout`` under the key ``"layout"``).
     """

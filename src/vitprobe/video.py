@@ -7,9 +7,10 @@ Two streaming passes over the input, so memory stays bounded whatever the length
 2. decode the frames again, overlay each frame's map and encode the result (mp4 and/or GIF).
 
 Colour scale (``normalize``): ``"video"`` maps the smallest value of all frames' maps to the
-bottom of the colormap and the largest to the top, the same for every frame, so brightness can
-be compared across frames and a frame where attention is spread out looks dimmer; ``"frame"``
-stretches each frame's map to its own min..max, so every frame uses the full colormap.
+bottom of the colormap and their ``style.clip`` percentile (as for images) to the top, the same
+for every frame, so brightness can be compared across frames and a frame where attention is
+spread out looks dimmer; ``"frame"`` scales each frame's map on its own, so every frame uses the
+full colormap.
 
 The model sees the WHOLE frame resized, aspect kept (short side: the model's own input size
 unless given), so the map covers every pixel of the frame, which keeps its size and frame rate.
@@ -21,8 +22,9 @@ import logging
 import tempfile
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -30,15 +32,14 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from . import render
-from .analysis.maps import FUSIONS, aggregate_layers, fuse_heads
-from .api import cls_attention, rollout
 from .localize import default_short_side, whole_image_hw
+from .methods import attribute, get_method
 from .models.base import VitModel
+from .render.style import Style
 from .render.video import VideoError, VideoReader, VideoWriter, batched
 
 log = logging.getLogger(__name__)
 
-METHODS = ("cls", "rollout", "aggregate")
 NORMALIZE_MODES = ("video", "frame")
 
 
@@ -46,33 +47,26 @@ NORMALIZE_MODES = ("video", "frame")
 class VideoOptions:
     """What ``attention_video`` draws.
 
-    ``method``: "cls" (CLS attention of ``layer``, heads fused by ``head_fusion``), "rollout"
-    (through all layers, heads fused by ``head_fusion``, ``discard_ratio``) or "aggregate" (mean
-    over layers of the head-fused CLS maps). ``fps`` resamples the video (None keeps its rate);
-    ``max_frames`` stops early; ``short_side`` is the model-input short side in pixels.
+    ``method`` (a registered name) with its ``params``; ``normalize`` the colour scale ("video":
+    one scale for all frames, from the smallest value to the ``style.clip`` percentile of all maps;
+    "frame": each frame its own); ``fps`` resamples the video (None keeps its rate); ``max_frames``
+    stops early; ``short_side`` is the model-input short side in pixels.
     """
 
     method: str = "cls"
-    layer: int = -1
-    head_fusion: str = "mean"
-    discard_ratio: float = 0.0
+    params: dict[str, Any] = field(default_factory=dict)
     normalize: str = "video"
     short_side: int | None = None
     fps: float | None = None
     max_frames: int | None = None
     batch_size: int = 8
-    alpha: float = 0.5
-    cmap: str = "inferno"
+    style: Style = Style()
 
     def check(self) -> None:
-        """Raise ``ValueError`` (one line) for an option out of range."""
-        choices = {"method": (self.method, METHODS), "head fusion": (self.head_fusion, FUSIONS),
-                   "normalize": (self.normalize, NORMALIZE_MODES)}
-        for name, (value, allowed) in choices.items():
-            if value not in allowed:
-                raise ValueError(f"{name} must be one of {', '.join(allowed)}, got {value!r}")
-        if not 0.0 <= self.discard_ratio < 1.0 or not 0.0 <= self.alpha <= 1.0:
-            raise ValueError("discard ratio must be in [0, 1) and alpha in [0, 1]")
+        """Raise ``ValueError`` (one line) for an unknown method, a bad parameter or an option out of range."""
+        get_method(self.method).resolve(self.params)
+        if self.normalize not in NORMALIZE_MODES:
+            raise ValueError(f"normalize must be one of {', '.join(NORMALIZE_MODES)}, got {self.normalize!r}")
         if self.fps is not None and not self.fps > 0:
             raise ValueError(f"fps must be positive, got {self.fps}")
         for name, value in (("max frames", self.max_frames), ("short side", self.short_side)):
@@ -102,15 +96,7 @@ def frame_maps(model: VitModel, frames: Sequence[np.ndarray], opts: VideoOptions
     """Heat maps of frames (H, W, 3) uint8, all of one size: -> (B, H_grid, W_grid) float32."""
     size = whole_image_hw(frames[0].shape[:2], opts.short_side or default_short_side(model.preprocess),
                           model.patch_size)
-    pixels, _, _ = model.prepare(list(frames), size)
-    batch = len(frames)
-    if opts.method == "rollout":
-        cap = model.capture_pixels(pixels, fuse=(opts.head_fusion,), full_layers=(), batch_size=batch)
-        return rollout(cap, opts.discard_ratio, opts.head_fusion)
-    layers = [opts.layer] if opts.method == "cls" else None
-    cap = model.capture_pixels(pixels, layers=layers, fuse=(), full_layers=(), batch_size=batch)
-    per_layer = fuse_heads(cls_attention(cap), opts.head_fusion)  # (L, B, H, W)
-    return per_layer[0] if opts.method == "cls" else aggregate_layers(per_layer, "mean")
+    return attribute(model, list(frames), method=opts.method, size=size, batch_size=len(frames), **opts.params).maps
 
 
 def attention_video(
@@ -128,7 +114,6 @@ def attention_video(
     that decodes to clearly fewer frames than its container states (truncated) gives a warning.
     """
     opts.check()
-    model.resolve_layers([opts.layer])
     start = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="vitprobe-video-") as tmp:
         raw = Path(tmp) / "maps.f32"
@@ -152,14 +137,15 @@ def attention_video(
                         "or corrupt (what could be decoded was used)", source, n, expected)
         model_seconds = time.perf_counter() - start
         maps = np.memmap(raw, dtype=np.float32, mode="r", shape=(n, *grid_hw))
-        bounds = (lo, hi) if opts.normalize == "video" else (None, None)
+        top = float(np.percentile(maps, opts.style.clip)) if opts.normalize == "video" else None
+        bounds = (lo, top) if opts.normalize == "video" else (None, None)
         paths = [Path(p) for p in outputs]
         written = 0
         with VideoReader(source, opts.fps, n) as reader:
             writers = [VideoWriter(p, fps, size_hw) for p in paths]
             try:
                 for frame in tqdm(reader, total=n, desc="overlay", unit="frame", disable=not progress):
-                    picture = render.overlay(Image.fromarray(frame), maps[written], opts.alpha, opts.cmap,
+                    picture = render.overlay(Image.fromarray(frame), maps[written], opts.style,
                                              vmin=bounds[0], vmax=bounds[1])
                     for writer in writers:
                         writer.write(np.asarray(picture))

@@ -11,9 +11,9 @@ parks its mass on CLS or registers reads as local. ``renormalize=True`` divides 
 part by its mass first (distance conditional on attending to patches), which compares models
 with different prefix tokens more fairly. Both agree when no mass goes to the prefix.
 
-This module is the readable definition on a full attention tensor (e.g. ``Capture.full``); the
-streamed form that a capture reduces block by block, without (B, heads, T, T), is
-``analysis.fast.MeanDistance`` (the same two conventions; tests check they agree).
+``mean_attention_distance`` is the readable definition on a full attention tensor (e.g.
+``Capture.full``); ``MeanDistance`` is the streamed form that a capture reduces block by block,
+without (B, heads, T, T), with the same two conventions (tests check they agree).
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ import math
 
 import torch
 
+from ..capture import AttentionBlock, RowReducer
 from ..layout import TokenLayout
 
 
@@ -70,3 +71,46 @@ def mean_attention_distance(
         out[b] = per_row.sum(dim=-1, dtype=torch.float64) / layout.n_patches
     return out.float()
 
+
+
+class MeanDistance(RowReducer):
+    """Mean attention distance per head in input pixels, streamed: per layer (B, heads).
+
+    Σ p·D per row with the precomputed ``patch_distances`` matrix D (zero on prefix rows and
+    columns, so prefix queries add nothing and prefix keys count as distance 0); ``renormalize`` as
+    in ``mean_attention_distance``. Per-block partial sums are accumulated in float64.
+    """
+
+    def __init__(self, renormalize: bool = False) -> None:
+        self.renormalize = renormalize
+        self._dist: dict[tuple[TokenLayout, torch.device], torch.Tensor] = {}
+
+    def start(self, batch: int, heads: int, layout: TokenLayout, device: torch.device) -> None:
+        key = (layout, torch.device(device))
+        if key not in self._dist:
+            self._dist[key] = patch_distances(layout, device)
+        self._layout = layout
+        self._d = self._dist[key]
+        self._rows = torch.empty(batch, heads, layout.n_tokens, device=device) if self.renormalize else None
+        self._sums: list[tuple[slice, torch.Tensor]] = []  # appended from the worker threads
+        self._shape = (batch, heads)
+
+    def update(self, block: AttentionBlock) -> None:
+        d = self._d[block.rows]  # (r, T)
+        if self.renormalize:
+            patch_mass = block.probs[..., self._layout.n_prefix :].sum(dim=-1)
+            per_row = torch.linalg.vecdot(block.probs, d) / patch_mass.clamp_min(torch.finfo(torch.float32).tiny)
+            self._rows[block.images, :, block.rows] = per_row
+        else:  # the block's rows summed at once: (b, heads, r·T) @ (r·T,), one pass over the block
+            b, h, r, t = block.probs.shape
+            self._sums.append((block.images, block.probs.view(b, h, r * t) @ d.reshape(r * t)))
+
+    def finish(self) -> torch.Tensor:
+        if self.renormalize:
+            rows, self._rows = self._rows, None
+            return rows[..., self._layout.n_prefix :].mean(dim=-1, dtype=torch.float64).float()
+        total = torch.zeros(self._shape, dtype=torch.float64, device=self._d.device)
+        for images, sums in self._sums:
+            total[images] += sums
+        self._sums = []
+        return (total / self._layout.n_patches).float()

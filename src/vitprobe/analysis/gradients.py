@@ -25,7 +25,7 @@ from ..layout import TokenLayout
 from .maps import to_grid
 from .rollout import rollout_rows
 
-METHODS = ("gradrollout", "chefer")
+KINDS = ("gradrollout", "chefer")
 
 
 def weighted_attention(attn: torch.Tensor, grads: torch.Tensor, method: str) -> torch.Tensor:
@@ -40,7 +40,7 @@ def weighted_attention(attn: torch.Tensor, grads: torch.Tensor, method: str) -> 
         return product.mean(dim=-3).clamp_min(0.0)
     if method == "chefer":
         return product.clamp_min(0.0).mean(dim=-3)
-    raise ValueError(f"unknown class-map method {method!r}; use one of {METHODS}")
+    raise ValueError(f"unknown class-map method {method!r}; use one of {KINDS}")
 
 
 def chefer_rows(weighted: torch.Tensor, layout: TokenLayout) -> torch.Tensor:
@@ -62,7 +62,7 @@ def class_rows(
         if discard_ratio:
             raise ValueError("discard_ratio applies to gradrollout only")
         return chefer_rows(weighted, layout)
-    raise ValueError(f"unknown class-map method {method!r}; use one of {METHODS}")
+    raise ValueError(f"unknown class-map method {method!r}; use one of {KINDS}")
 
 
 def class_map(

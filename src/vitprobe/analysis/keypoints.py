@@ -9,7 +9,7 @@ corner of the top-left pixel, so pixel (i, j) (row i, column j) has its centre a
 (x, y) = (j + 0.5, i + 0.5). Boxes on the grid are inclusive patch indices
 ``(row0, col0, row1, col1)``; on the image they are pixel edges ``(x0, y0, x1, y1)``.
 
-Methods (each maps (B, H, W) -> per map a mask of kept patches and keypoints, best first):
+Finders (each maps (B, H, W) -> per map a mask of kept patches and keypoints, best first):
 
 - ``components``: threshold, 8-connected (or 4-) components; one keypoint per component at its
   centroid; ranked by mass (sum of the map over the component);
@@ -31,7 +31,7 @@ from ..io.preprocess import Geometry
 from .masks import mass_masks
 from .thresholds import OTSU, Threshold
 
-METHODS = ("components", "weighted", "peaks", "mass")
+FINDERS = ("components", "weighted", "peaks", "mass")
 
 GridBox = tuple[int, int, int, int]
 """(row0, col0, row1, col1), inclusive patch indices."""
@@ -208,23 +208,23 @@ def peaks(
 
 def find(
     maps: torch.Tensor,
-    method: str = "components",
+    finder: str = "components",
     threshold: Threshold | None = None,
     fraction: float = 0.6,
     top_k: int | None = None,
 ) -> Found:
-    """Run one of ``METHODS`` on maps (B, H, W); ``threshold`` (default Otsu's) for all but
+    """Run one of ``FINDERS`` on maps (B, H, W); ``threshold`` (default Otsu's) for all but
     ``mass``, ``fraction`` for ``mass``; ``top_k`` keeps the best k keypoints of each map."""
     threshold = threshold or OTSU
-    if method == "components":
+    if finder == "components":
         return components(maps, threshold, top_k=top_k)
-    if method == "weighted":
+    if finder == "weighted":
         return weighted(maps, threshold)
-    if method == "peaks":
+    if finder == "peaks":
         return peaks(maps, threshold, top_k=top_k)
-    if method == "mass":
+    if finder == "mass":
         return mass(maps, fraction, top_k=top_k)
-    raise ValueError(f"unknown keypoint method {method!r}; use one of {', '.join(METHODS)}")
+    raise ValueError(f"unknown keypoint finder {finder!r}; use one of {', '.join(FINDERS)}")
 
 
 def _check(maps: torch.Tensor) -> torch.Tensor:

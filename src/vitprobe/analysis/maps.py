@@ -4,25 +4,10 @@ from __future__ import annotations
 
 import torch
 
+from ..fusion import FUSIONS, fuse_heads, reduce_over
 from ..layout import TokenLayout
 
-FUSIONS = ("mean", "max", "min")
-
-
-def reduce_over(x: torch.Tensor, how: str, dim: int) -> torch.Tensor:
-    """Mean / max / min over one dimension. Only the mean of distributions is a distribution."""
-    if how == "mean":
-        return x.mean(dim=dim)
-    if how == "max":
-        return x.amax(dim=dim)
-    if how == "min":
-        return x.amin(dim=dim)
-    raise ValueError(f"unknown fusion {how!r}; use one of {FUSIONS}")
-
-
-def fuse_heads(attn: torch.Tensor, how: str = "mean", dim: int = -3) -> torch.Tensor:
-    """Fuse heads: (..., heads, H, W) -> (..., H, W) by default; ``dim`` picks another heads axis."""
-    return reduce_over(attn, how, dim)
+__all__ = ["FUSIONS", "aggregate_layers", "cls_maps", "fuse_heads", "query_map", "to_grid"]
 
 
 def aggregate_layers(maps: torch.Tensor, how: str = "mean") -> torch.Tensor:

@@ -38,17 +38,20 @@ def add_residual(fused: torch.Tensor) -> torch.Tensor:
 def rollout_rows(
     fused: torch.Tensor, layout: TokenLayout, discard_ratio: float = 0.0
 ) -> torch.Tensor:
-    """Joint CLS row of Â_L ⋯ Â_1 over all tokens: fused (L, B, T, T) -> (B, T), in float32.
+    """Joint CLS row of Â_L ⋯ Â_1 over all tokens: fused (L, B, T, T) -> (B, T), in float32, summing to 1.
 
-    ``fused`` are head-fused attentions in forward order. The row vector is multiplied from
-    the top layer down (L vector–matrix products, O(L·T²)); it sums to 1.
+    ``fused`` are head-fused attentions in forward order. The row vector r is carried from the top
+    layer down: with Â = (½A + ½I) / ρ and row sums ρ = ½·rowsum(A) + ½, r·Â = ½·(r/ρ)·A + ½·(r/ρ),
+    one vector–matrix product per layer (O(L·T²)) with no (T, T) temporary unless ``discard_ratio``
+    asks for a thresholded copy.
     """
     cls = layout.cls_index
     row = torch.zeros(fused.shape[1], fused.shape[-1], dtype=torch.float32, device=fused.device)
     row[:, cls] = 1.0
     for layer in reversed(range(fused.shape[0])):
-        a = add_residual(discard_lowest(fused[layer].float(), discard_ratio, cls))
-        row = torch.bmm(row[:, None, :], a)[:, 0]
+        a = discard_lowest(fused[layer].float(), discard_ratio, cls)
+        w = row / (0.5 * a.sum(dim=-1) + 0.5)
+        row = 0.5 * (torch.bmm(w[:, None], a)[:, 0] + w)
     return row
 
 

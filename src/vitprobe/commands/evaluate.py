@@ -9,13 +9,26 @@ from typing import Annotated
 import typer
 from PIL import Image
 
-from ..analysis.keypoints import METHODS
+from ..analysis.keypoints import FINDERS
 from ..analysis.thresholds import Threshold
-from ..capture import Capture
-from ..cli_common import ModelOpt, fail, load_model
+from ..cli_common import (
+    ACCEPTS_METHOD_OPTIONS,
+    METHOD_OPTIONS_HELP,
+    ClipOpt,
+    CmapOpt,
+    MethodOpt,
+    ModelOpt,
+    UpsampleOpt,
+    fail,
+    load_model,
+    method_specs,
+    style_from,
+)
 from ..coco import AnnotationError, ImageTruth, load_coco
 from ..evaluate import LocalizeOptions
-from ..localize import BASELINES, EvalOptions, Localized, evaluate_dataset, localize, parse_source
+from ..localize import BASELINES, EvalOptions, Localized, evaluate_dataset, localize
+from ..methods import Attribution
+from ..render.style import DEFAULT_CLIP, Style
 
 CYAN = (0, 255, 255)
 GREEN = (0, 255, 0)
@@ -42,13 +55,13 @@ def format_table(summary: dict[str, dict[str, float | None]], alpha: float, mask
     return "\n".join(lines)
 
 
-def draw_evaluation(truth: ImageTruth, found: Localized, cap: Capture) -> Image.Image:
-    """The source map over the original image, ground truth in cyan (boxes, mask outlines, named
+def draw_evaluation(truth: ImageTruth, found: Localized, result: Attribution, style: Style) -> Image.Image:
+    """The method's map over the original image, ground truth in cyan (boxes, mask outlines, named
     keypoints) and the found keypoints with their boxes in green (numbered best first)."""
     from .. import render
     from ..render.annotate import annotate
 
-    base = render.overlay(cap.images[0], found.heat, alpha=0.45)  # whole-image capture: the view is the image
+    base = render.overlay(result.images[0], found.heat, style)  # whole-image attribution: the view is the image
     for obj in truth.objects:
         x, y, w, h = obj.box
         base = annotate(base, points=[tuple(p) for p in obj.keypoints], boxes=[(x, y, x + w, y + h)], mask=obj.mask,
@@ -59,24 +72,25 @@ def draw_evaluation(truth: ImageTruth, found: Localized, cap: Capture) -> Image.
 
 
 def register(app: typer.Typer) -> None:
-    @app.command()
+    @app.command(context_settings=ACCEPTS_METHOD_OPTIONS, epilog=METHOD_OPTIONS_HELP)
     def evaluate(
         annotations: Annotated[Path, typer.Option(help="COCO-style JSON with boxes, keypoints, segmentation")],
         images: Annotated[Path, typer.Option(help="folder the annotations' file_name entries are relative to")],
+        method_options: Annotated[list[str] | None, typer.Argument(
+            help="the method's options, e.g. --layer 5", show_default=False)] = None,
         model: ModelOpt = "offline",
-        source: Annotated[str, typer.Option(help="cls, rollout or head:N")] = "cls",
-        method: Annotated[str, typer.Option(help=f"keypoints and boxes: one of {', '.join(METHODS)}")] = "components",
+        method: MethodOpt = "cls",
+        find: Annotated[str, typer.Option(help=f"keypoints and boxes: one of {', '.join(FINDERS)}")] = "components",
         threshold: Annotated[str, typer.Option(help="abs:V, rel:F (of max), pct:P or otsu")] = "otsu",
         fraction: Annotated[float, typer.Option(help="mass fraction of the masks (DINO: 0.6)")] = 0.6,
         masks: Annotated[str, typer.Option(
-            help="heads: best head's mask per object (DINO protocol); fused: the source map's own mask"
+            help="heads: best head's mask per object (DINO protocol); fused: the method's map's own mask"
         )] = "heads",
         top_k: Annotated[int, typer.Option(help="keypoints per image for PCK")] = 5,
         alpha: Annotated[float, typer.Option(help="PCK distance as a fraction of the object's longer box side")] = 0.1,
         tolerance: Annotated[float, typer.Option(help="pointing game tolerance in pixels")] = 15.0,
         draws: Annotated[int, typer.Option(help="random-map baseline: draws averaged")] = 20,
         seed: Annotated[int, typer.Option(help="random-map baseline seed")] = 0,
-        layer: Annotated[int, typer.Option(help="layer of the CLS map (cls, head:N)")] = -1,
         short_side: Annotated[int | None, typer.Option(
             help="input short side in pixels; the whole image is resized, aspect kept (default: the model's)"
         )] = None,
@@ -84,18 +98,27 @@ def register(app: typer.Typer) -> None:
         figures: Annotated[Path | None, typer.Option(
             help="folder for one PNG per image: ground truth (cyan) and what the model found (green)"
         )] = None,
+        cmap: CmapOpt = "inferno",
+        opacity: Annotated[float, typer.Option(help="heat-map opacity in [0, 1] of the figures")] = 0.45,
+        clip: ClipOpt = DEFAULT_CLIP,
+        upsample: UpsampleOpt = "bilinear",
         device: Annotated[str | None, typer.Option(help="torch device, e.g. cuda")] = None,
     ) -> None:
         """Pointing game, PCK, box IoU / CorLoc and mask Jaccard, each beside a random and a centre baseline."""
-
+        tokens, specs = method_specs(method, method_options or [])
+        if tokens:
+            raise fail(f"unexpected argument {tokens[0]!r}: evaluate reads its images from --annotations/--images")
+        if len(specs) != 1:
+            raise fail("evaluate takes one method with one value per option")
+        name, params = specs[0]
+        style = style_from(cmap, opacity, clip, upsample)
         try:
-            parse_source(source)
-            local = LocalizeOptions(method=method, threshold=Threshold.parse(threshold), fraction=fraction,
+            local = LocalizeOptions(find=find, threshold=Threshold.parse(threshold), fraction=fraction,
                                     top_k=top_k, alpha=alpha, tolerance=tolerance)
         except ValueError as err:
             raise fail(str(err)) from None
-        if method not in METHODS:
-            raise fail(f"--method takes one of {', '.join(METHODS)}, got {method!r}")
+        if find not in FINDERS:
+            raise fail(f"--find takes one of {', '.join(FINDERS)}, got {find!r}")
         counts = (top_k, draws) if short_side is None else (top_k, draws, short_side)
         if not 0.0 < fraction <= 1.0 or min(counts) < 1 or alpha <= 0 or tolerance < 0:
             raise fail("--fraction must be in (0, 1], --top-k, --draws and --short-side at least 1, --alpha > 0, "
@@ -109,11 +132,7 @@ def register(app: typer.Typer) -> None:
         except AnnotationError as err:
             raise fail(str(err)) from None
         vit = load_model(model, device)
-        try:
-            vit.resolve_layers([layer])
-        except ValueError as err:
-            raise fail(str(err)) from None
-        opts = EvalOptions(source=source, masks=masks, short_side=short_side, layer=layer, draws=draws, seed=seed,
+        opts = EvalOptions(method=name, params=params, masks=masks, short_side=short_side, draws=draws, seed=seed,
                            localize=local)
         errors: list[str] = []
 
@@ -121,24 +140,25 @@ def register(app: typer.Typer) -> None:
             errors.append(str(err))
             typer.echo(f"vitprobe: error: {err}", err=True)
 
-        def on_image(image: ImageTruth, cap: Capture) -> None:
+        def on_image(image: ImageTruth, result: Attribution) -> None:
             figures.mkdir(parents=True, exist_ok=True)
-            figure = draw_evaluation(image, localize(cap, source, local)[0], cap)
+            figure = draw_evaluation(image, localize(result, local)[0], result, style)
             figure.save(figures / Path(image.file_name).with_suffix(".png").as_posix().replace("/", "__"))
 
         try:
             report = evaluate_dataset(vit, truth, images, opts, on_error, on_image if figures else None)
-        except ValueError as err:  # no CLS token, or no such head
+        except ValueError as err:  # no CLS token, a layer or head out of range
             raise fail(str(err)) from None
         n = len(report["images"])
-        typer.echo(f"{vit.name}, source {source}, method {method} ({threshold if method != 'mass' else fraction}), "
+        typer.echo(f"{vit.name}, method {name}, find {find} ({threshold if find != 'mass' else fraction}), "
                    f"{n} image{'s' * (n != 1)}; random map averaged over {draws} draws")
         typer.echo(format_table(report["summary"], alpha, masks))
         if out is not None:
             report["settings"] = {
-                **vit.describe(), "annotations": str(annotations), "images": str(images), "source": source,
-                "method": method, "threshold": threshold, "fraction": fraction, "masks": masks, "top_k": top_k,
-                "alpha": alpha, "tolerance": tolerance, "draws": draws, "seed": seed, "layer": layer,
+                **vit.describe(), "annotations": str(annotations), "images": str(images), "method": name,
+                "params": {k: list(v) if isinstance(v, tuple) else v for k, v in params.items()}, "find": find,
+                "threshold": threshold, "fraction": fraction, "masks": masks, "top_k": top_k,
+                "alpha": alpha, "tolerance": tolerance, "draws": draws, "seed": seed,
                 "short_side": short_side, "sigma": opts.sigma, "errors": errors,
             }
             out.parent.mkdir(parents=True, exist_ok=True)

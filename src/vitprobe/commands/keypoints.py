@@ -12,13 +12,29 @@ import typer
 from PIL import Image
 from tqdm.auto import tqdm
 
-from ..analysis.keypoints import METHODS
+from ..analysis.keypoints import FINDERS
 from ..analysis.thresholds import Threshold
-from ..capture import Capture
-from ..cli_common import ModelOpt, fail, image_paths, load_model, unique_dir
+from ..cli_common import (
+    ACCEPTS_METHOD_OPTIONS,
+    METHOD_OPTIONS_HELP,
+    AlphaOpt,
+    ClipOpt,
+    CmapOpt,
+    MethodOpt,
+    ModelOpt,
+    UpsampleOpt,
+    fail,
+    image_paths,
+    load_model,
+    method_specs,
+    style_from,
+    unique_dir,
+)
 from ..evaluate import LocalizeOptions
 from ..io.images import ImageLoadError
-from ..localize import Localized, capture_for, localize, parse_source
+from ..localize import Localized, attribute_whole, localize
+from ..methods import Attribution
+from ..render.style import DEFAULT_CLIP, Style
 
 COORDINATES = (
     "x, y in original-image pixels, continuous: (0, 0) is the top-left corner of the image and pixel "
@@ -30,54 +46,56 @@ COORDINATES = (
 
 
 def register(app: typer.Typer) -> None:
-    @app.command()
+    @app.command(context_settings=ACCEPTS_METHOD_OPTIONS, epilog=METHOD_OPTIONS_HELP)
     def keypoints(
-        images: Annotated[list[Path], typer.Argument(help="image files or folders")],
+        images: Annotated[list[str], typer.Argument(help="image files or folders, and the method's options")],
         model: ModelOpt = "offline",
-        source: Annotated[str, typer.Option(help="cls, rollout or head:N")] = "cls",
-        method: Annotated[str, typer.Option(help=f"one of {', '.join(METHODS)}")] = "components",
+        method: MethodOpt = "cls",
+        find: Annotated[str, typer.Option(help=f"how keypoints are found: one of {', '.join(FINDERS)}")] = (
+            "components"
+        ),
         threshold: Annotated[str, typer.Option(help="abs:V, rel:F (of max), pct:P or otsu")] = "otsu",
-        fraction: Annotated[float, typer.Option(help="mass method: fraction of the attention mass kept")] = 0.6,
+        fraction: Annotated[float, typer.Option(help="mass finder: fraction of the attention mass kept")] = 0.6,
         top_k: Annotated[int, typer.Option(help="keep at most this many keypoints per image")] = 5,
-        layer: Annotated[int, typer.Option(help="layer of the CLS map (cls, head:N)")] = -1,
         short_side: Annotated[int | None, typer.Option(
             help="input short side in pixels; the whole image is resized, aspect kept (default: the model's)"
         )] = None,
+        cmap: CmapOpt = "inferno",
+        alpha: AlphaOpt = 0.45,
+        clip: ClipOpt = DEFAULT_CLIP,
+        upsample: UpsampleOpt = "bilinear",
         out: Annotated[Path, typer.Option("--out", "-o", help="output directory")] = Path("vitprobe_keypoints"),
         device: Annotated[str | None, typer.Option(help="torch device, e.g. cuda")] = None,
     ) -> None:
         """Find keypoints, boxes and masks in attention maps; write JSON, mask and overlay per image."""
-
+        tokens, specs = method_specs(method, images)
+        if len(specs) != 1:
+            raise fail("keypoints takes one method with one value per option")
+        name, params = specs[0]
+        style = style_from(cmap, alpha, clip, upsample)
         try:
-            parse_source(source)
-            opts = LocalizeOptions(method=method, threshold=Threshold.parse(threshold), fraction=fraction,
-                                   top_k=top_k)
+            opts = LocalizeOptions(find=find, threshold=Threshold.parse(threshold), fraction=fraction, top_k=top_k)
         except ValueError as err:
             raise fail(str(err)) from None
-        if method not in METHODS:
-            raise fail(f"--method takes one of {', '.join(METHODS)}, got {method!r}")
+        if find not in FINDERS:
+            raise fail(f"--find takes one of {', '.join(FINDERS)}, got {find!r}")
         if not 0.0 < fraction <= 1.0 or top_k < 1 or (short_side is not None and short_side < 1):
             raise fail("--fraction must be in (0, 1], --top-k and --short-side at least 1")
-        paths = image_paths(images)
+        paths = image_paths([Path(t) for t in tokens])
         vit = load_model(model, device)
-        try:
-            vit.resolve_layers([layer])
-        except ValueError as err:
-            raise fail(str(err)) from None
         failures, used, records = 0, set(), []
         for path in tqdm(paths, desc="keypoints", unit="image", disable=len(paths) < 2):
             try:
-                cap = capture_for(vit, path, source, short_side, layer)
+                result = attribute_whole(vit, path, name, short_side, **params)
             except ImageLoadError as err:
                 failures += 1
                 tqdm.write(f"vitprobe: error: {err}", file=sys.stderr)
                 continue
-            try:
-                found = localize(cap, source, opts)[0]
-            except ValueError as err:  # no CLS token, or no such head
+            except ValueError as err:  # no CLS token, a layer or head out of range: the same for every image
                 raise fail(str(err)) from None
-            record = write_result(path, found, cap, unique_dir(out, path.stem, used), source, opts, vit.describe())
-            records.append(record)
+            found = localize(result, opts)[0]
+            records.append(write_result(path, found, result, unique_dir(out, path.stem, used), opts, style,
+                                        vit.describe()))
         coco_path = out / "keypoints_coco.json"
         if records:
             from ..coco import found_to_coco
@@ -90,7 +108,8 @@ def register(app: typer.Typer) -> None:
 
 
 def write_result(
-    path: Path, found: Localized, cap: Capture, out_dir: Path, source: str, opts: LocalizeOptions, model: dict
+    path: Path, found: Localized, result: Attribution, out_dir: Path, opts: LocalizeOptions, style: Style,
+    model: dict,
 ) -> dict:
     """Write ``keypoints.json``, ``mask.png`` and ``overlay.png`` for one image; return the JSON record."""
     from .. import render
@@ -98,7 +117,7 @@ def write_result(
 
     out_dir.mkdir(parents=True, exist_ok=True)
     geometry = found.geometry
-    base = render.overlay(cap.images[0], found.heat, alpha=0.45)  # whole-image capture: the view is the image
+    base = render.overlay(result.images[0], found.heat, style)  # whole-image attribution: the view is the image
     points = found.keypoints
     outlined = annotate(base, mask=found.mask, colour=(255, 255, 255), mask_alpha=0.0)
     drawn = annotate(outlined, points=[(k.x, k.y) for k in points], boxes=[k.box for k in points],
@@ -111,12 +130,14 @@ def write_result(
         "height": geometry.original_hw[0],
         "width": geometry.original_hw[1],
         "model": model["model"],
-        "source": source,
-        "method": opts.method,
-        "threshold": str(opts.threshold) if opts.method != "mass" else None,
-        "mass_fraction": opts.fraction if opts.method == "mass" else None,
-        "grid_hw": list(cap.layout.grid_hw),
-        "patch_size": cap.layout.patch_size,
+        "method": result.method,
+        "params": {k: list(v) if isinstance(v, tuple) else v for k, v in result.params.items()},
+        "map": result.title,
+        "find": opts.find,
+        "threshold": str(opts.threshold) if opts.find != "mass" else None,
+        "mass_fraction": opts.fraction if opts.find == "mass" else None,
+        "grid_hw": list(result.layout.grid_hw),
+        "patch_size": result.layout.patch_size,
         "geometry": geometry.to_dict(),
         "coordinates": COORDINATES,
         "keypoints": [k.to_dict() for k in points],

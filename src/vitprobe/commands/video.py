@@ -7,25 +7,33 @@ from typing import Annotated
 
 import typer
 
-from ..cli_common import fail, load_model
+from ..cli_common import (
+    ACCEPTS_METHOD_OPTIONS,
+    METHOD_OPTIONS_HELP,
+    AlphaOpt,
+    ClipOpt,
+    CmapOpt,
+    MethodOpt,
+    ModelOpt,
+    UpsampleOpt,
+    fail,
+    load_model,
+    method_specs,
+    style_from,
+)
+from ..render.style import DEFAULT_CLIP
 
 
 def register(app: typer.Typer) -> None:
-    @app.command()
+    @app.command(context_settings=ACCEPTS_METHOD_OPTIONS, epilog=METHOD_OPTIONS_HELP)
     def video(
-        source: Annotated[Path, typer.Argument(help="input video (anything ffmpeg reads: mp4, mov, webm, gif, ...)")],
+        source: Annotated[list[str], typer.Argument(
+            help="input video (anything ffmpeg reads: mp4, mov, webm, gif, ...), and the method's options")],
         out: Annotated[Path, typer.Option("--out", "-o", help="output .mp4 or .gif")],
-        model: Annotated[str, typer.Option("--model", "-m", help="'offline' (default), a HF id or directory")] = (
-            "offline"
-        ),
-        method: Annotated[str, typer.Option(help="cls (CLS map of --layer), rollout, or aggregate (layer mean)")] = (
-            "cls"
-        ),
-        layer: Annotated[int, typer.Option(help="layer of the cls method (negative counts from the end)")] = -1,
-        head_fusion: Annotated[str, typer.Option(help="heads fused by mean, max or min")] = "mean",
-        discard_ratio: Annotated[float, typer.Option(help="rollout: drop this fraction of lowest attention")] = 0.0,
+        model: ModelOpt = "offline",
+        method: MethodOpt = "cls",
         normalize: Annotated[str, typer.Option(
-            help="colour scale: 'video' (one min..max for all frames, comparable) or 'frame' (each frame its own)"
+            help="colour scale: 'video' (one scale for all frames, comparable) or 'frame' (each frame its own)"
         )] = "video",
         fps: Annotated[float | None, typer.Option(help="output frame rate (resamples; default: the input's)")] = None,
         max_frames: Annotated[int | None, typer.Option(help="stop after this many frames")] = None,
@@ -33,8 +41,10 @@ def register(app: typer.Typer) -> None:
             help="model-input short side in pixels; the whole frame is resized, aspect kept (default: the model's)"
         )] = None,
         batch_size: Annotated[int, typer.Option(help="frames per forward pass")] = 8,
-        alpha: Annotated[float, typer.Option(help="heat-map opacity in [0, 1]")] = 0.5,
-        cmap: Annotated[str, typer.Option(help="matplotlib colormap")] = "inferno",
+        cmap: CmapOpt = "inferno",
+        alpha: AlphaOpt = 0.5,
+        clip: ClipOpt = DEFAULT_CLIP,
+        upsample: UpsampleOpt = "bilinear",
         gif: Annotated[bool, typer.Option("--gif", help="with an .mp4 --out, also write a GIF beside it")] = False,
         maps: Annotated[Path | None, typer.Option(help="also save the per-frame maps (frames, H, W) as .npy")] = None,
         device: Annotated[str | None, typer.Option(help="torch device, e.g. cuda")] = None,
@@ -43,9 +53,16 @@ def register(app: typer.Typer) -> None:
         from ..render.video import OUTPUT_SUFFIXES, VideoError, VideoReader
         from ..video import VideoOptions, attention_video
 
-        opts = VideoOptions(method=method, layer=layer, head_fusion=head_fusion, discard_ratio=discard_ratio,
-                            normalize=normalize, short_side=short_side, fps=fps, max_frames=max_frames,
-                            batch_size=batch_size, alpha=alpha, cmap=cmap)
+        tokens, specs = method_specs(method, source)
+        if len(tokens) != 1:
+            raise fail(f"video takes one input video, got {len(tokens)}")
+        if len(specs) != 1:
+            raise fail("video takes one method with one value per option")
+        name, params = specs[0]
+        video_in = Path(tokens[0])
+        opts = VideoOptions(method=name, params=params, normalize=normalize, short_side=short_side, fps=fps,
+                            max_frames=max_frames, batch_size=batch_size,
+                            style=style_from(cmap, alpha, clip, upsample))
         try:
             opts.check()
         except ValueError as err:
@@ -55,15 +72,15 @@ def register(app: typer.Typer) -> None:
         if maps is not None and maps.suffix != ".npy":
             raise fail(f"--maps must end in .npy, got {maps.name!r}")
         outputs = [out] + ([out.with_suffix(".gif")] if gif and out.suffix.lower() == ".mp4" else [])
-        if source.resolve() in {p.resolve() for p in outputs}:
+        if video_in.resolve() in {p.resolve() for p in outputs}:
             raise fail("--out must not overwrite the input video")
         try:
-            VideoReader(source).close()  # an unreadable video fails here, before the model loads
+            VideoReader(video_in).close()  # an unreadable video fails here, before the model loads
         except VideoError as err:
             raise fail(str(err), code=1) from None
         vit = load_model(model, device)
         try:
-            result = attention_video(vit, source, outputs, opts, maps_path=maps)
+            result = attention_video(vit, video_in, outputs, opts, maps_path=maps)
         except VideoError as err:
             raise fail(str(err), code=1) from None
         except ValueError as err:  # a layer that does not exist, a model without CLS token

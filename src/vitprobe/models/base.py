@@ -192,6 +192,8 @@ class VitModel:
             images=list(views or []),
             geometry=list(geometry or []),
             logits=torch.cat(logits) if logits else None,
+            pixels=pixels,
+            n_layers=self.num_layers,
         )
 
     def describe(self) -> dict:

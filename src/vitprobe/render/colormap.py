@@ -9,8 +9,6 @@ import torch
 MapLike = torch.Tensor | np.ndarray
 
 NORMALIZE_MODES = ("minmax", "none")
-DEFAULT_CLIP = 99.0  # what the CLI, demo and report draw as the top of a colour scale: a handful of extreme
-# patches (e.g. DINOv2's artifact tokens) saturate instead of darkening the rest of the map
 
 
 def as_numpy(values: MapLike) -> np.ndarray:

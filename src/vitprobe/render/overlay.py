@@ -8,35 +8,31 @@ from PIL import Image
 
 from ..analysis.upsample import upsample_map
 from .colormap import MapLike, as_numpy, colorize, normalize
+from .style import Style
 
 
 def overlay(
     image: Image.Image,
     heat: MapLike,
-    alpha: float = 0.5,
-    cmap: str = "inferno",
-    upsample: str = "bilinear",
+    style: Style = Style(),
     vmin: float | None = None,
     vmax: float | None = None,
-    clip: float | None = None,
 ) -> Image.Image:
     """Blend a patch-grid heat map (H, W) over ``image``; returns an RGB image of the same pixel size.
 
-    The map is min-max scaled on the grid (``vmin`` / ``vmax`` fix the bounds, ``clip`` takes the
-    upper one from a percentile, see ``normalize``),
-    upsampled to (image height, image width) with ``upsample_map`` ("bilinear" or "nearest"),
-    coloured with ``cmap`` and mixed as ``(1 - alpha) * image + alpha * colour``.
+    The map is min-max scaled on the grid, the top taken from the ``style.clip`` percentile
+    (``vmin`` / ``vmax`` fix the bounds instead, see ``normalize``), upsampled to (image height,
+    image width) by ``style.upsample``, coloured with ``style.cmap`` and mixed as
+    ``(1 - alpha) * image + alpha * colour``.
     """
-    if not 0.0 <= alpha <= 1.0:
-        raise ValueError(f"alpha must be in [0, 1], got {alpha}")
     grid = as_numpy(heat)
     if grid.ndim != 2:
         raise ValueError(f"overlay expects one heat map (H, W), got shape {tuple(grid.shape)}")
     rgb = np.asarray(image.convert("RGB"), dtype=np.float32)
-    scaled = torch.from_numpy(normalize(grid, "minmax", vmin, vmax, clip))
-    pixels = upsample_map(scaled, (image.height, image.width), mode=upsample)
-    colour = colorize(pixels, cmap, vmin=0.0, vmax=1.0).astype(np.float32)
-    blended = (1.0 - alpha) * rgb + alpha * colour
+    scaled = torch.from_numpy(normalize(grid, "minmax", vmin, vmax, style.clip))
+    pixels = upsample_map(scaled, (image.height, image.width), mode=style.upsample)
+    colour = colorize(pixels, style.cmap, vmin=0.0, vmax=1.0).astype(np.float32)
+    blended = (1.0 - style.alpha) * rgb + style.alpha * colour
     return Image.fromarray(np.rint(blended).clip(0, 255).astype(np.uint8))
 
 

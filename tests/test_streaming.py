@@ -1,4 +1,4 @@
-"""Block-streamed capture and the fast reducers against float64 references written from the formulas."""
+"""Block-streamed capture and the streamed reducers against float64 references written from the formulas."""
 
 from __future__ import annotations
 
@@ -11,7 +11,9 @@ import torch
 
 from tests.test_capture import eager_attentions
 from vitprobe import capture
-from vitprobe.analysis.fast import MeanDistance, RowEntropy, pixel_distances, rollout_cls, row_entropy
+from vitprobe.analysis.distance import MeanDistance, patch_distances
+from vitprobe.analysis.entropy import RowEntropy
+from vitprobe.analysis.entropy import entropy as row_entropy
 from vitprobe.analysis.rollout import rollout_rows
 from vitprobe.capture import AttentionBlock, block_shape, for_each_block, stack_layers
 from vitprobe.layout import TokenLayout
@@ -199,20 +201,19 @@ def test_mean_distance_oracles():
     assert torch.allclose(unnormalised, uniform * (t - 1) / t, atol=1e-3)
 
 
-def test_pixel_distances_layout():
-    dist = pixel_distances(LAYOUT)
+def test_patch_distances_layout():
+    dist = patch_distances(LAYOUT)
     assert dist.shape == (14, 14)
     assert torch.equal(dist[:2], torch.zeros(2, 14)) and torch.equal(dist[:, :2], torch.zeros(14, 2))
     assert dist[LAYOUT.patch_index(0, 0), LAYOUT.patch_index(2, 3)] == pytest.approx(16 * math.hypot(2, 3))
     assert dist[LAYOUT.patch_index(1, 1), LAYOUT.patch_index(1, 2)] == 16
 
 
-def test_rollout_cls_matches_float64_and_rollout_rows():
+def test_rollout_rows_matches_float64():
     g = torch.Generator().manual_seed(7)
     fused = (torch.randn(5, 2, 14, 14, generator=g) * 3).softmax(-1)
-    ours = rollout_cls(fused, LAYOUT)
+    ours = rollout_rows(fused, LAYOUT)
     np.testing.assert_allclose(ours.double().numpy(), float64_rollout(fused.numpy(), 0), atol=1e-6)
-    assert torch.allclose(ours, rollout_rows(fused, LAYOUT), atol=1e-6)
     assert torch.allclose(ours.sum(-1), torch.ones(2), atol=1e-5)
 
 

@@ -1,0 +1,33 @@
+"""Attribution methods, one file each, registered by name; ``attribute`` is the one verb."""
+
+from .attribute import MethodSpec, attribute, capture_for
+from .base import (
+    Attribution,
+    Context,
+    Method,
+    MethodInfo,
+    Needs,
+    Param,
+    Result,
+    get_method,
+    method_names,
+    methods,
+    register_method,
+)
+
+__all__ = [
+    "Attribution",
+    "Context",
+    "Method",
+    "MethodInfo",
+    "MethodSpec",
+    "Needs",
+    "Param",
+    "Result",
+    "attribute",
+    "capture_for",
+    "get_method",
+    "method_names",
+    "methods",
+    "register_method",
+]

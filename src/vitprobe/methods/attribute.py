@@ -1,0 +1,131 @@
+"""The one verb: ``attribute(model, images, method=..., **params)``, one forward pass for all methods."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+from ..capture import Capture
+from .base import Attribution, Context, Method, Needs, get_method
+
+if TYPE_CHECKING:
+    from ..models.base import ImageInput, VitModel
+
+MethodSpec = str | tuple[str, dict[str, Any]]
+"""A method by name, or (name, its own parameters) to run one method several times with different ones."""
+
+
+def _is_single(method: MethodSpec | Sequence[MethodSpec]) -> bool:
+    return isinstance(method, str) or (isinstance(method, tuple) and len(method) == 2 and isinstance(method[1], dict))
+
+
+def _specs(method: MethodSpec | Sequence[MethodSpec], params: dict[str, Any]) -> list[tuple[Method, dict[str, Any]]]:
+    """(method, complete parameters) per requested method. Shared ``params`` go to every method that
+    takes them; a parameter no requested method takes is an error (a typo must not pass silently)."""
+    items = [method] if _is_single(method) else list(method)
+    if not items:
+        raise ValueError("no method given; vp.methods() lists them")
+    chosen = []
+    for item in items:
+        name, own = (item, {}) if isinstance(item, str) else item
+        impl = get_method(name)
+        shared = {k: v for k, v in params.items() if k in {p.name for p in impl.params}}
+        chosen.append((impl, impl.resolve({**shared, **own})))
+    taken = {p.name for impl, _ in chosen for p in impl.params}
+    unused = sorted(set(params) - taken)
+    if unused:
+        names = ", ".join(impl.name for impl, _ in chosen)
+        raise ValueError(f"no chosen method ({names}) takes the parameter {unused[0]!r}; vp.methods() lists them")
+    return chosen
+
+
+def _context(subject: VitModel | Capture, layout) -> Context:
+    if isinstance(subject, Capture):
+        return Context(layout, subject.n_layers or max(subject.layers) + 1, subject.model_name, capture=subject,
+                       pixels=subject.pixels)
+    return Context(layout, subject.num_layers, subject.name, model=subject)
+
+
+def _plan(ctx: Context, chosen: list[tuple[Method, dict[str, Any]]], has_classifier: bool | None) -> Needs:
+    needs = Needs()
+    for impl, p in chosen:
+        impl.check_model(ctx.layout, has_classifier)
+        needs = needs | impl.needs(ctx, p)
+    return needs
+
+
+def capture_for(
+    model: VitModel,
+    images: ImageInput | Sequence[ImageInput],
+    method: MethodSpec | Sequence[MethodSpec] = "cls",
+    *,
+    size: tuple[int, int] | None = None,
+    batch_size: int = 8,
+    progress: bool = False,
+    **params: Any,
+) -> Capture:
+    """One capture holding what the methods need (a forward pass; gradients are not part of it), so
+    ``attribute(capture, method=..., **params)`` can draw them later without running the model."""
+    pixels, views, geometry = model.prepare(images, size)
+    chosen = _specs(method, params)
+    ctx = _context(model, model.layout(tuple(pixels.shape[-2:])))
+    needs = _plan(ctx, chosen, bool(model.labels) or None)
+    return model.capture_pixels(pixels, views=views, geometry=geometry, batch_size=batch_size, progress=progress,
+                                **needs.capture_kwargs())
+
+
+def attribute(
+    subject: VitModel | Capture,
+    images: ImageInput | Sequence[ImageInput] | None = None,
+    method: MethodSpec | Sequence[MethodSpec] = "rollout",
+    *,
+    size: tuple[int, int] | None = None,
+    batch_size: int = 8,
+    progress: bool = False,
+    **params: Any,
+) -> Attribution | list[Attribution]:
+    """Maps of ``images`` by ``method`` (a registered name; ``vp.methods()`` lists them).
+
+    ``subject`` is a loaded model (``images`` as ``capture`` takes them: paths, PIL images, arrays,
+    one or many; ``size=(H, W)`` resizes the whole image instead of the model's preprocessing) or a
+    ``Capture`` already recorded (then ``images`` is None and no model runs; it must hold what the
+    methods need). ``params`` are the methods' keyword parameters (``layer=-1``,
+    ``discard_ratio=0.9``, ``target="tabby"``, ...). Several methods — a list of names, or
+    (name, parameters) pairs — share one forward pass planned from the union of their needs and
+    give a list of ``Attribution`` in the same order; one method gives one ``Attribution``.
+    """
+    chosen = _specs(method, params)
+    if isinstance(subject, Capture):
+        if images is not None:
+            raise ValueError("attribute(capture, ...) draws what the capture recorded; pass no images")
+        cap, ctx = subject, _context(subject, subject.layout)
+        needs = _plan(ctx, chosen, None if subject.logits is None else True)
+        lacking = needs.missing(cap)
+        if lacking:
+            raise ValueError(f"this capture lacks what {', '.join(i.name for i, _ in chosen)} needs: capture it with "
+                             + ", ".join(lacking))
+        views, geometry, logits, labels = cap.images, cap.geometry, cap.logits, {}
+    else:
+        if images is None:
+            raise ValueError("attribute(model, images, ...) needs images")
+        model = subject
+        pixels, views, geometry = model.prepare(images, size)
+        ctx = _context(model, model.layout(tuple(pixels.shape[-2:])))
+        ctx.pixels = pixels
+        needs = _plan(ctx, chosen, bool(model.labels) or None)
+        cap = None
+        if needs.forward:
+            cap = model.capture_pixels(pixels, views=views, geometry=geometry, batch_size=batch_size,
+                                       progress=progress, **needs.capture_kwargs())
+        ctx.capture = cap
+        logits, labels = (cap.logits if cap is not None else None), dict(model.labels)
+    out = []
+    for impl, p in chosen:
+        result = impl.compute(ctx, p)
+        out.append(Attribution(
+            method=impl.name, params=p, maps=result.maps.float(), title=result.title, layout=ctx.layout,
+            detail=result.detail, panels=result.panels or [(impl.name, result.maps)], images=list(views),
+            geometry=list(geometry), logits=result.logits if result.logits is not None else logits, labels=labels,
+            targets=result.targets, marks=result.marks,
+        ))
+    return out[0] if _is_single(method) else out

@@ -1,0 +1,392 @@
+"""What a method is: its parameters, what it needs from the forward pass, and what it returns.
+
+A method is one class in one file of ``vitprobe/methods/``, decorated with ``register_method``:
+
+- ``name`` (the one short name used in Python, the CLI, the web demo and the docs), ``summary``
+  (one line), ``params`` (``Param``s: typed keyword arguments with defaults and one-line docs,
+  the same ``Param`` object wherever two methods share a parameter) and ``requires`` (what the
+  model must have: ``"cls"``, ``"classifier"``; ``"gradients"`` when it runs a backward pass);
+- ``needs(subject, params)`` says what one forward pass must record (``Needs``);
+- ``compute(ctx, params)`` turns what was recorded into a ``Result``: maps (B, H, W) on the
+  patch grid, named detail tensors, the labelled panels a figure shows, and a title.
+
+Every front end lists, plans and draws methods from the registry only, so a new file here
+appears in ``vp.methods()``, ``vitprobe methods``, ``explain``, ``keypoints``, ``evaluate``,
+``video`` and the web demo without an edit elsewhere.
+"""
+
+from __future__ import annotations
+
+import importlib
+import math
+import pkgutil
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, ClassVar
+
+import torch
+from PIL import Image
+
+from ..analysis.upsample import upsample_map
+from ..capture import Capture
+from ..io.preprocess import Geometry
+from ..layout import NO_CLS_MESSAGE, TokenLayout
+
+if TYPE_CHECKING:
+    from ..models.base import VitModel
+    from ..targets import Gradients
+
+PARAM_KINDS = ("int", "float", "choice", "layer", "head", "patch", "target")
+
+
+@dataclass(frozen=True)
+class Param:
+    """One method parameter: ``name`` (Python keyword; the CLI option is ``--name-with-dashes``),
+    ``default``, one-line ``doc`` and ``kind``:
+
+    - ``"layer"``: a layer index, negative counting back from the last layer;
+    - ``"head"``: one head index, or None (heads fused);
+    - ``"patch"``: a patch (row, col) on the grid, or None (the grid centre);
+    - ``"target"``: what a gradient method explains: a class index or label, or None (top class);
+    - ``"choice"``: one of ``choices``; ``"int"`` / ``"float"``: a number in [``low``, ``high``]
+      (``high`` excluded when ``high_open``).
+    """
+
+    name: str
+    default: Any
+    doc: str
+    kind: str
+    choices: tuple[str, ...] = ()
+    low: float | None = None
+    high: float | None = None
+    high_open: bool = False
+
+    def __post_init__(self) -> None:
+        if self.kind not in PARAM_KINDS:
+            raise ValueError(f"parameter {self.name!r}: unknown kind {self.kind!r}; use one of {PARAM_KINDS}")
+
+    @property
+    def option(self) -> str:
+        """The command-line option: ``--discard-ratio`` for ``discard_ratio``."""
+        return "--" + self.name.replace("_", "-")
+
+    def describe(self) -> str:
+        """What values it takes, for listings: ``mean|max|min``, ``[0, 1)``, ``ROW,COL``, ..."""
+        if self.kind == "choice":
+            return "|".join(self.choices)
+        if self.kind in ("int", "float") and (self.low is not None or self.high is not None):
+            low = "-inf" if self.low is None else f"{self.low:g}"
+            high = "inf" if self.high is None else f"{self.high:g}"
+            return f"[{low}, {high}{')' if self.high_open else ']'}"
+        return {"layer": "INT (negative: from the end)", "head": "INT or none (heads fused)",
+                "patch": "ROW,COL (default: grid centre)", "target": "INDEX or LABEL (default: top class)",
+                "int": "INT", "float": "FLOAT"}[self.kind]
+
+    def parse(self, text: str) -> Any:
+        """A value from command-line or form text; raises ``ValueError`` naming the option."""
+        text = str(text).strip()
+        try:
+            if self.kind in ("layer", "int"):
+                return self.check(int(text))
+            if self.kind == "float":
+                return self.check(float(text))
+            if self.kind == "head":
+                return self.check(None if text.lower() in ("", "none", "fused") else int(text))
+            if self.kind == "patch":
+                if text.lower() in ("", "none", "centre", "center"):
+                    return None
+                row, col = (int(v) for v in text.split(","))
+                return self.check((row, col))
+            if self.kind == "target":
+                return self.check(None if text.lower() in ("", "none", "top") else (int(text) if text.isdigit() else text))
+            return self.check(text)
+        except ValueError as err:
+            if str(err).startswith(self.option):
+                raise
+            raise ValueError(f"{self.option} takes {self.describe()}, got {text!r}") from None
+
+    def check(self, value: Any) -> Any:
+        """``value`` if it is valid for this parameter, else ``ValueError`` (one line naming the option)."""
+        bad = ValueError(f"{self.option} takes {self.describe()}, got {value!r}")
+        if self.kind == "choice":
+            if value not in self.choices:
+                raise bad
+            return value
+        if self.kind in ("layer", "int"):
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise bad
+        elif self.kind == "float":
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or math.isnan(value):
+                raise bad
+            value = float(value)
+        elif self.kind == "head":
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 0):
+                raise bad
+            return value
+        elif self.kind == "patch":
+            if value is None:
+                return None
+            if not (isinstance(value, Sequence) and len(value) == 2 and all(isinstance(v, int) for v in value)):
+                raise bad
+            return (int(value[0]), int(value[1]))
+        elif self.kind == "target":
+            if value is not None and (isinstance(value, bool) or not isinstance(value, (int, str))):
+                raise bad
+            return value
+        if self.kind in ("int", "float"):
+            too_low = self.low is not None and value < self.low
+            too_high = self.high is not None and (value >= self.high if self.high_open else value > self.high)
+            if too_low or too_high:
+                raise bad
+        return value
+
+
+@dataclass(frozen=True)
+class Needs:
+    """What a method needs from one forward pass (layer indices resolved, in [0, L)).
+
+    ``cls_layers``: layers whose CLS attention rows are recorded; ``fuse``: head fusions of every
+    layer's full attention (L, B, T, T), for rollout (all layers are then recorded);
+    ``full_layers``: layers kept in full (B, heads, T, T); ``token_norms``: every layer's output
+    token norms; ``gradients``: a second, eager pass with the attention's gradient of a target.
+    """
+
+    cls_layers: frozenset[int] = frozenset()
+    fuse: frozenset[str] = frozenset()
+    full_layers: frozenset[int] = frozenset()
+    token_norms: bool = False
+    gradients: bool = False
+
+    def __or__(self, other: Needs) -> Needs:
+        return Needs(self.cls_layers | other.cls_layers, self.fuse | other.fuse, self.full_layers | other.full_layers,
+                     self.token_norms or other.token_norms, self.gradients or other.gradients)
+
+    @property
+    def forward(self) -> bool:
+        """Whether the recorded forward pass is needed at all (gradient-only methods run their own)."""
+        return bool(self.cls_layers or self.fuse or self.full_layers or self.token_norms)
+
+    def capture_kwargs(self) -> dict[str, Any]:
+        """The ``VitModel.capture`` options that record exactly this."""
+        layers = None if self.fuse else sorted(self.cls_layers | self.full_layers)
+        return {"layers": layers, "fuse": tuple(sorted(self.fuse)), "full_layers": tuple(sorted(self.full_layers)),
+                "token_norms": self.token_norms}
+
+    def missing(self, cap: Capture) -> list[str]:
+        """What ``cap`` lacks of these needs, as ``capture(...)`` options to ask for (empty: nothing)."""
+        every = set(range(cap.n_layers or max(cap.layers) + 1))
+        layers = every if self.fuse else set(self.cls_layers | self.full_layers)
+        out = [f"layers={sorted(layers)}"] if layers - set(cap.layers) else []
+        if self.fuse - set(cap.fused):
+            out.append(f"fuse={tuple(sorted(self.fuse))}")
+        if self.full_layers - set(cap.full):
+            out.append(f"full_layers={sorted(self.full_layers)}")
+        if self.token_norms and cap.token_norms is None:
+            out.append("token_norms=True")
+        return out
+
+
+@dataclass
+class Result:
+    """What ``Method.compute`` returns: ``maps`` (B, H, W) on the patch grid, ``detail`` named tensors
+    (shapes in the method's docstring), ``panels`` the labelled (B, H, W) maps a figure shows, and a
+    ``title`` naming what the maps are. ``targets``: the class each image's map explains (gradient
+    methods); ``logits`` (B, classes) of the pass that explained them; ``marks``: grid positions
+    (row, col) a figure marks (e.g. the query patch)."""
+
+    maps: torch.Tensor
+    title: str
+    detail: dict[str, torch.Tensor] = field(default_factory=dict)
+    panels: list[tuple[str, torch.Tensor]] = field(default_factory=list)
+    targets: list[int] | None = None
+    logits: torch.Tensor | None = None
+    marks: list[tuple[float, float]] = field(default_factory=list)
+
+
+@dataclass
+class Context:
+    """What ``compute`` reads: the ``capture`` of the forward pass (None when no method needed one),
+    the ``layout``, and the ``model`` (None when attributing from an existing capture)."""
+
+    layout: TokenLayout
+    n_layers: int
+    model_name: str
+    capture: Capture | None = None
+    model: VitModel | None = None
+    pixels: torch.Tensor | None = None
+    _gradients: dict[Any, Gradients] = field(default_factory=dict)
+
+    def resolve_layer(self, layer: int) -> int:
+        """Model layer index of ``layer`` (negative counts back from the last layer)."""
+        index = layer + self.n_layers if layer < 0 else layer
+        if not 0 <= index < self.n_layers:
+            raise ValueError(f"layer {layer} does not exist: {self.model_name} has {self.n_layers} layers")
+        return index
+
+    def gradients(self, target: Any) -> Gradients:
+        """Per-layer attention and its gradient of ``target``'s score (one eager pass per target, shared)."""
+        from ..targets import attention_gradients
+
+        if self.model is None or self.pixels is None:
+            raise ValueError("gradient methods need the model: call vp.attribute(model, images, ...), not on a capture")
+        if target not in self._gradients:
+            self._gradients[target] = attention_gradients(self.model, self.pixels, target)
+        return self._gradients[target]
+
+
+class Method(ABC):
+    """Base of every registered method; see the module docstring."""
+
+    name: ClassVar[str]
+    summary: ClassVar[str]
+    params: ClassVar[tuple[Param, ...]] = ()
+    requires: ClassVar[tuple[str, ...]] = ()
+
+    @abstractmethod
+    def needs(self, ctx: Context, p: dict[str, Any]) -> Needs:
+        """What the forward pass must record for parameters ``p`` (complete, validated)."""
+
+    @abstractmethod
+    def compute(self, ctx: Context, p: dict[str, Any]) -> Result:
+        """The maps of parameters ``p`` from what was recorded."""
+
+    def check_model(self, layout: TokenLayout, has_classifier: bool | None) -> None:
+        """Raise ``ValueError`` (one line) when the model lacks what the method requires
+        (``has_classifier`` None: unknown, as for a capture without logits)."""
+        if "cls" in self.requires and not layout.has_cls:
+            raise ValueError(f"method {self.name!r}: {NO_CLS_MESSAGE}")
+        if "classifier" in self.requires and has_classifier is False:
+            raise ValueError(f"method {self.name!r} explains a class score, and this model has no classification "
+                             "head")
+
+    def resolve(self, given: dict[str, Any]) -> dict[str, Any]:
+        """Complete and validate keyword parameters: defaults filled in, unknown names refused."""
+        known = {p.name: p for p in self.params}
+        unknown = sorted(set(given) - set(known))
+        if unknown:
+            takes = ", ".join(known) or "no parameters"
+            raise ValueError(f"method {self.name!r} has no parameter {unknown[0]!r} (it takes {takes})")
+        return {name: param.check(given[name]) if name in given else param.default for name, param in known.items()}
+
+
+_REGISTRY: dict[str, Method] = {}
+_INFRASTRUCTURE = frozenset({"base", "params", "attribute"})
+_loaded = False
+
+
+def register_method(cls: type[Method]) -> type[Method]:
+    """Class decorator: register a method under ``cls.name`` (names are unique)."""
+    name = getattr(cls, "name", "")
+    if not name or not name.replace("_", "").isalnum() or name != name.lower():
+        raise ValueError(f"method name {name!r} must be a short lower-case word")
+    if name in _REGISTRY and type(_REGISTRY[name]) is not cls:
+        raise ValueError(f"a method named {name!r} is already registered ({type(_REGISTRY[name]).__qualname__})")
+    _REGISTRY[name] = cls()
+    return cls
+
+
+def _load_builtin() -> None:
+    """Import every module of this package once, so their methods register themselves."""
+    global _loaded
+    if _loaded:
+        return
+    _loaded = True
+    package = __name__.rsplit(".", 1)[0]
+    for info in pkgutil.iter_modules(importlib.import_module(package).__path__):
+        if info.name not in _INFRASTRUCTURE:
+            importlib.import_module(f"{package}.{info.name}")
+
+
+def get_method(name: str) -> Method:
+    """The registered method called ``name``; ``ValueError`` lists the names when there is none."""
+    _load_builtin()
+    if name not in _REGISTRY:
+        raise ValueError(f"unknown method {name!r}; use one of {', '.join(method_names())}")
+    return _REGISTRY[name]
+
+
+def method_names() -> list[str]:
+    """Names of every registered method, in registration order."""
+    _load_builtin()
+    return list(_REGISTRY)
+
+
+@dataclass(frozen=True)
+class MethodInfo:
+    """What ``vp.methods()`` lists for one method."""
+
+    name: str
+    summary: str
+    params: tuple[Param, ...]
+    requires: tuple[str, ...]
+
+    def __str__(self) -> str:
+        needs = f" (needs: {', '.join(self.requires)})" if self.requires else ""
+        lines = [f"{self.name}: {self.summary}{needs}"]
+        for p in self.params:
+            lines.append(f"  {p.option} {p.describe()} = {p.default!r}: {p.doc}")
+        return "\n".join(lines)
+
+
+def methods() -> list[MethodInfo]:
+    """Every registered method: name, one line, parameters with defaults, and what it needs."""
+    return [MethodInfo(m.name, m.summary, m.params, m.requires) for m in (get_method(n) for n in method_names())]
+
+
+@dataclass
+class Attribution:
+    """One method's maps of a batch of images.
+
+    - ``maps``: (B, H, W) on the patch grid (height first), float32;
+    - ``method`` and ``params`` (every parameter, defaults filled in); ``title`` says what the maps are;
+    - ``detail``: the method's per-layer / per-head tensors, e.g. ``"heads"`` (B, heads, H, W);
+    - ``panels``: labelled (B, H, W) maps a figure shows beside the image;
+    - ``images``: the part of each original image the model saw; ``geometry``: how it was mapped;
+    - ``logits`` (B, classes) and ``labels`` when the model has a classification head; ``targets``:
+      the class each map explains (gradient methods); ``marks``: grid positions (row, col) a figure
+      marks, such as the query patch.
+    """
+
+    method: str
+    params: dict[str, Any]
+    maps: torch.Tensor
+    title: str
+    layout: TokenLayout
+    detail: dict[str, torch.Tensor] = field(default_factory=dict)
+    panels: list[tuple[str, torch.Tensor]] = field(default_factory=list)
+    images: list[Image.Image] = field(default_factory=list)
+    geometry: list[Geometry] = field(default_factory=list)
+    logits: torch.Tensor | None = None
+    labels: dict[int, str] = field(default_factory=dict)
+    targets: list[int] | None = None
+    marks: list[tuple[float, float]] = field(default_factory=list)
+
+    @property
+    def candidates(self) -> torch.Tensor:
+        """Maps to pick the best of per object (DINO's protocol): the per-head maps (B, heads, H, W)
+        where the method has them, else the maps themselves (B, 1, H, W)."""
+        heads = self.detail.get("heads")
+        return heads if heads is not None and heads.dim() == 4 else self.maps[:, None]
+
+    def on_image(self, image: int = 0, mode: str = "bilinear") -> torch.Tensor:
+        """Map ``image`` on the original photo's pixels (H0, W0): upsampled into the region the model
+        saw; NaN where the model saw nothing (outside a centre crop)."""
+        if not self.geometry:
+            raise ValueError("this attribution has no image geometry (built from arrays without images)")
+        geo = self.geometry[image]
+        top, left, height, width = geo.crop_box
+        r0, c0 = round(top), round(left)
+        r1, c1 = min(geo.original_hw[0], round(top + height)), min(geo.original_hw[1], round(left + width))
+        out = torch.full(geo.original_hw, float("nan"))
+        out[r0:r1, c0:c1] = upsample_map(self.maps[image], (r1 - r0, c1 - c0), mode)
+        return out
+
+    def top(self, image: int = 0, k: int = 5) -> list[tuple[int, str, float]]:
+        """The ``k`` most probable classes of one image as (index, label, probability); [] without a head."""
+        if self.logits is None:
+            return []
+        probs = self.logits[image].float().softmax(-1)
+        values, indices = torch.topk(probs, min(k, probs.numel()))
+        return [(int(i), self.labels.get(int(i), f"class {int(i)}"), float(p))
+                for p, i in zip(values, indices, strict=True)]

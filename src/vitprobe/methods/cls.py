@@ -1,0 +1,43 @@
+"""``cls``: the CLS token's attention over the patch grid in one layer, per head and head-fused."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ..analysis.maps import cls_maps
+from ..fusion import FUSIONS, fuse_heads
+from .base import Context, Method, Needs, Result, register_method
+from .params import HEAD, HEAD_FUSION, LAYER
+
+
+def pick_heads(heads, p: dict[str, Any], num: str = "heads"):
+    """The one map of per-head maps (B, heads, H, W): head ``p["head"]``, or the heads fused by
+    ``p["head_fusion"]``; with the words that say which."""
+    if p["head"] is not None:
+        if p["head"] >= heads.shape[1]:
+            raise ValueError(f"head {p['head']} does not exist: the model has {heads.shape[1]} {num}")
+        return heads[:, p["head"]], f"head {p['head']}"
+    return fuse_heads(heads, p["head_fusion"]), f"heads fused by {p['head_fusion']}"
+
+
+@register_method
+class ClsAttention(Method):
+    """Detail: ``heads`` (B, heads, H, W) the raw CLS-row probabilities over the patches (prefix
+    tokens dropped, not renormalised). Panels: every head, then the mean / max / min over heads."""
+
+    name = "cls"
+    summary = "CLS token's attention over the patches in one layer, per head and head-fused"
+    params = (LAYER, HEAD_FUSION, HEAD)
+    requires = ("cls",)
+
+    def needs(self, ctx: Context, p: dict[str, Any]) -> Needs:
+        return Needs(cls_layers=frozenset({ctx.resolve_layer(p["layer"])}))
+
+    def compute(self, ctx: Context, p: dict[str, Any]) -> Result:
+        layer = ctx.resolve_layer(p["layer"])
+        cap = ctx.capture
+        heads = cls_maps(cap.cls[cap.layer_position(layer)], ctx.layout)  # (B, heads, H, W)
+        maps, which = pick_heads(heads, p)
+        panels = [(f"head {i}", heads[:, i]) for i in range(heads.shape[1])]
+        panels += [(f"head {how}", fuse_heads(heads, how)) for how in FUSIONS]
+        return Result(maps, f"CLS attention, layer {layer}, {which}", {"heads": heads}, panels)
