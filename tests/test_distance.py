@@ -8,8 +8,13 @@ import numpy as np
 import pytest
 import torch
 
-from vitprobe.analysis.distance import distance_bound, mean_attention_distance, patch_distances, uniform_distance
-from vitprobe.analysis.distance import MeanDistance
+from vitprobe.analysis.distance import (
+    MeanDistance,
+    distance_bound,
+    mean_attention_distance,
+    patch_distances,
+    uniform_distance,
+)
 from vitprobe.layout import TokenLayout
 from vitprobe.models.hf import load_hf
 

@@ -10,6 +10,7 @@ import torch
 
 from vitprobe.analysis.accumulate import Moments
 from vitprobe.analysis.entropy import (
+    RowEntropy,
     SpreadLevels,
     cls_entropy,
     entropy,
@@ -18,7 +19,6 @@ from vitprobe.analysis.entropy import (
     rows_entropy,
     spread_levels,
 )
-from vitprobe.analysis.entropy import RowEntropy
 from vitprobe.models.hf import load_hf
 
 

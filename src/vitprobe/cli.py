@@ -44,7 +44,7 @@ app = typer.Typer(
 def explain(
     images: Annotated[list[str], typer.Argument(help="image files or folders, and the methods' options")],
     model: ModelOpt = "offline",
-    method: MethodOpt = ",".join(DEFAULT_METHODS),
+    method: MethodOpt = DEFAULT_METHODS,
     out: Annotated[Path, typer.Option("--out", "-o", help="output directory")] = Path("vitprobe_out"),
     size: Annotated[tuple[int, int] | None, typer.Option(help="resize the whole image to H W (no crop)")] = None,
     top: Annotated[int, typer.Option(help="predictions listed beside the maps (models with a class head)")] = 5,

@@ -25,6 +25,7 @@ from .io.preprocess import Geometry, PreprocessSpec
 from .methods import Attribution, attribute
 from .models.base import VitModel
 
+
 def attribute_whole(model: VitModel, image: str | Path | Image.Image, method: str = "cls",
                     short_side: int | None = None, **params: Any) -> Attribution:
     """``method``'s maps of one image, the whole image resized keeping its aspect (see ``whole_image_hw``)."""

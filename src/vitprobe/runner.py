@@ -17,13 +17,14 @@ Per image and layer (and head where it applies) the records hold:
 | ``entropy_cls`` | head | CLS row over all tokens, nats |
 | ``entropy_rows`` | head | mean over all query rows, each over all tokens, nats |
 | ``entropy_cls_map`` | layer | head-mean CLS map over the patch grid, renormalised, nats |
+| ``entropy_rollout_map`` | layer | rollout (head mean) through layers 0..l over the grid, renormalised, nats |
 | ``token_norm_outlier_share`` | layer | share of patch tokens with outlier output norm |
 | ``token_norm_max_over_median`` | layer | largest / median patch-token norm |
 | ``cls_isolated_peak_share`` | layer | share of patches that are isolated peaks of the head-mean CLS map |
 | ``outliers_in_cls_peaks_share`` | layer | share of outlier tokens that are such peaks (NaN: no outlier) |
 
-Memory stays bounded by one batch: attention is reduced per layer as the forward streams and no
-(T, T) map is kept beyond the layer being reduced.
+Memory stays bounded by one batch: attention is reduced per layer as the forward streams; the only
+(T, T) maps kept are the head means (L, B, T, T) that rollout multiplies.
 """
 
 from __future__ import annotations
@@ -49,6 +50,7 @@ from .analysis.accumulate import Accumulator, Moments
 from .analysis.distance import MeanDistance, distance_bound, uniform_distance
 from .analysis.entropy import RowEntropy, SpreadLevels, map_entropy
 from .analysis.maps import cls_maps
+from .analysis.rollout import rollout
 from .analysis.tokens import ArtifactCounts, artifact_counts
 from .io.images import ImageLoadError, list_images, load_image
 from .io.preprocess import PreprocessSpec, preprocess
@@ -71,12 +73,14 @@ HEAD_METRICS = (
 )
 LAYER_METRICS = (
     "entropy_cls_map",
+    "entropy_rollout_map",
     "token_norm_outlier_share",
     "token_norm_max_over_median",
     "cls_isolated_peak_share",
     "outliers_in_cls_peaks_share",
 )
-CLS_METRICS = ("entropy_cls", "entropy_cls_map", "cls_isolated_peak_share", "outliers_in_cls_peaks_share")
+CLS_METRICS = ("entropy_cls", "entropy_cls_map", "entropy_rollout_map", "cls_isolated_peak_share",
+               "outliers_in_cls_peaks_share")
 LIST_COMMENT = "#"
 
 
@@ -205,7 +209,7 @@ def make_accumulators(n_layers: int, n_heads: int, has_cls: bool) -> dict[str, A
     accs: dict[str, Accumulator] = {
         name: Moments((n_layers, n_heads)) for name in HEAD_METRICS if has_cls or name not in CLS_METRICS
     }
-    for name in ("entropy_cls_map", "token_norm_max_over_median"):
+    for name in ("entropy_cls_map", "entropy_rollout_map", "token_norm_max_over_median"):
         if has_cls or name not in CLS_METRICS:
             accs[name] = Moments((n_layers,))
     accs["artifacts"] = ArtifactCounts(n_layers)
@@ -227,9 +231,9 @@ def merge_flat(accs: dict[str, Accumulator], flat: dict[str, torch.Tensor]) -> N
 def probe_pixels(model: VitModel, pixels: torch.Tensor, opts: AnalyzeOptions) -> tuple[dict[str, torch.Tensor], dict]:
     """One forward pass over pixels (B, 3, H, W): per-image metrics and the artifact counts.
 
-    Attention is reduced block by block as each layer is computed (``MeanDistance``, ``RowEntropy``), so no
-    (B, heads, T, T) tensor is allocated. Returns ({metric: (L, B, heads) or (L, B) float64},
-    counts from ``artifact_counts`` plus the ``layout`` under the key ``"layout"``).
+    Attention is reduced block by block as each layer is computed (``MeanDistance``, ``RowEntropy``, the
+    head mean for rollout), so no (B, heads, T, T) tensor is allocated. Returns
+    ({metric: (L, B, heads) or (L, B) float64}, counts from ``artifact_counts`` plus the ``layout`` under the key ``"layout"``).
     """
     reducers = {
         "mean_attention_distance": MeanDistance(renormalize=False),
@@ -237,7 +241,8 @@ def probe_pixels(model: VitModel, pixels: torch.Tensor, opts: AnalyzeOptions) ->
         "row_entropy": RowEntropy(),
     }
     cap = model.capture_pixels(
-        pixels, fuse=(), full_layers=(), reducers=reducers, token_norms=True, batch_size=pixels.shape[0]
+        pixels, fuse=("mean",) if "cls" in model.prefix_names else (), full_layers=(), reducers=reducers,
+        token_norms=True, batch_size=pixels.shape[0],
     )
     layout = cap.layout
     rows = cap.reduced.pop("row_entropy").double()  # (L, B, heads, T)
@@ -248,6 +253,9 @@ def probe_pixels(model: VitModel, pixels: torch.Tensor, opts: AnalyzeOptions) ->
         metrics["entropy_cls"] = rows[..., layout.cls_index]
         head_mean = cls_maps(cap.cls, layout).mean(dim=2)  # (L, B, H, W)
         metrics["entropy_cls_map"] = map_entropy(head_mean).double()
+        fused = cap.fused.pop("mean")
+        depths = torch.stack([rollout(fused[: depth + 1], layout) for depth in range(len(fused))])  # (L, B, H, W)
+        metrics["entropy_rollout_map"] = map_entropy(depths).double()
     counts = artifact_counts(cap.token_norms, layout, head_mean, opts.outlier_ratio, opts.peak_ratio)
     n = layout.n_patches
     metrics["token_norm_outlier_share"] = counts["outliers"].double() / n

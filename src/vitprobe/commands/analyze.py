@@ -90,8 +90,10 @@ def register(app: typer.Typer) -> None:
                            f"{Path(out) / 'failures.csv'}", 1)
             if report:
                 from ..render.report import ReportOptions, write_report
+                from ..reporting import report_inputs
 
-                write_report(vit, out, aggregates, ReportOptions(examples=examples, size=size))
+                opts = ReportOptions(examples=examples, size=size)
+                write_report(out, aggregates, report_inputs(vit, aggregates, opts), opts.style)
             timing = aggregates["timing"]
             speed = timing["images_per_second"]
             typer.echo(

@@ -18,7 +18,9 @@ def register(app: typer.Typer) -> None:
         batches: Annotated[str, typer.Option(help="comma-separated batch sizes")] = "1,8",
         device: Annotated[str, typer.Option(help="cpu or cuda")] = "cpu",
         dtypes: Annotated[str | None, typer.Option(help="default float32 on CPU, +float16,bfloat16 on GPU")] = None,
-        methods: Annotated[str, typer.Option(help="subset of plain,seed,hooks,cls,full")] = "plain,seed,hooks,cls,full",
+        methods: Annotated[str, typer.Option(help="subset of plain,seed,hooks,cls,rollout,full")] = (
+            "plain,seed,hooks,cls,rollout,full"
+        ),
         repeats: Annotated[int, typer.Option(help="timed runs after the warm-up (best one reported)")] = 3,
         cap_gib: Annotated[float, typer.Option(help="memory cap of each measuring process (RLIMIT_AS)")] = 20.0,
         update: Annotated[Path | None, typer.Option(help="write the table into this RESULTS.md")] = None,

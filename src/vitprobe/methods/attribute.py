@@ -6,7 +6,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from ..capture import Capture
-from .base import Attribution, Context, Method, Needs, get_method
+from .base import Attribution, Context, Method, MissingCapture, Needs, get_method
 
 if TYPE_CHECKING:
     from ..models.base import ImageInput, VitModel
@@ -102,8 +102,8 @@ def attribute(
         needs = _plan(ctx, chosen, None if subject.logits is None else True)
         lacking = needs.missing(cap)
         if lacking:
-            raise ValueError(f"this capture lacks what {', '.join(i.name for i, _ in chosen)} needs: capture it with "
-                             + ", ".join(lacking))
+            raise MissingCapture(f"this capture lacks what {', '.join(i.name for i, _ in chosen)} needs: capture it "
+                                 "with " + ", ".join(lacking))
         views, geometry, logits, labels = cap.images, cap.geometry, cap.logits, {}
     else:
         if images is None:

@@ -40,6 +40,10 @@ if TYPE_CHECKING:
 PARAM_KINDS = ("int", "float", "choice", "layer", "head", "patch", "target")
 
 
+class MissingCapture(ValueError):
+    """A capture lacks what a method needs (capture again with the options the message names)."""
+
+
 @dataclass(frozen=True)
 class Param:
     """One method parameter: ``name`` (Python keyword; the CLI option is ``--name-with-dashes``),
@@ -99,7 +103,9 @@ class Param:
                 row, col = (int(v) for v in text.split(","))
                 return self.check((row, col))
             if self.kind == "target":
-                return self.check(None if text.lower() in ("", "none", "top") else (int(text) if text.isdigit() else text))
+                if text.lower() in ("", "none", "top"):
+                    return None
+                return self.check(int(text) if text.isdigit() else text)
             return self.check(text)
         except ValueError as err:
             if str(err).startswith(self.option):
@@ -272,6 +278,8 @@ class Method(ABC):
 
 _REGISTRY: dict[str, Method] = {}
 _INFRASTRUCTURE = frozenset({"base", "params", "attribute"})
+_LISTED_FIRST = ("cls", "query", "layers", "rollout", "gradrollout", "chefer")
+"""Modules imported first, so listings read from raw attention to gradient methods; others follow by name."""
 _loaded = False
 
 
@@ -293,9 +301,10 @@ def _load_builtin() -> None:
         return
     _loaded = True
     package = __name__.rsplit(".", 1)[0]
-    for info in pkgutil.iter_modules(importlib.import_module(package).__path__):
-        if info.name not in _INFRASTRUCTURE:
-            importlib.import_module(f"{package}.{info.name}")
+    found = {info.name for info in pkgutil.iter_modules(importlib.import_module(package).__path__)}
+    order = {name: i for i, name in enumerate(_LISTED_FIRST)}
+    for name in sorted(found - _INFRASTRUCTURE, key=lambda n: (order.get(n, len(order)), n)):
+        importlib.import_module(f"{package}.{name}")
 
 
 def get_method(name: str) -> Method:

@@ -3,8 +3,9 @@
 It gathers what a researcher would otherwise assemble by hand from seeds 003 and 004: mean
 attention distance per head and layer, entropy per layer, the four spread levels with their
 images and maps, layer-wise maps of a few example images, patch filters, position-embedding
-similarity, and artifact-token shares. Everything is read from ``aggregates.json``; the few
-images shown are captured again (one forward each).
+similarity, and artifact-token shares. It only draws: the statistics come from ``aggregates.json``
+and the maps, filters and similarities from a ``ReportInputs`` that ``vitprobe.reporting`` computes
+with the model (``vp.attribute`` and the embedding analyses).
 """
 
 from __future__ import annotations
@@ -15,16 +16,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import torch
 from PIL import Image
 
-from ..analysis.embeddings import filter_components, patch_filters, position_similarity
-from ..analysis.maps import aggregate_layers, cls_maps
-from ..analysis.rollout import rollout
-from ..io.images import ImageLoadError
 from ..io.store import atomic_write_text, require
-from ..models.base import VitModel
-from .colormap import DEFAULT_CLIP
-from .figures import layer_grid, save_figure
+from .figures import grid_figure, save_figure
 from .overlay import overlay, side_by_side
 from .plots import (
     artifact_figure,
@@ -34,30 +30,64 @@ from .plots import (
     position_grid_figure,
     similarity_matrix_figure,
 )
+from .style import Style
 
 FILES = "report_files"
 THUMB_PX = 176
-MAX_FILTERS = 128
+
+
+@dataclass(frozen=True)
+class LevelImage:
+    """One spread-level thumbnail: the ``image`` file, its map ``entropy``, the ``view`` the model saw and
+    its ``heat`` map (H, W)."""
+
+    image: str
+    entropy: float
+    view: Image.Image
+    heat: torch.Tensor
+
+
+@dataclass(frozen=True)
+class ExampleImage:
+    """One example drawn layer by layer: the ``image`` file, the ``view`` and the labelled (H, W) ``panels``."""
+
+    image: str
+    view: Image.Image
+    panels: list[tuple[str, torch.Tensor]]
+
+
+@dataclass
+class ReportInputs:
+    """What the report draws beside the aggregates, computed elsewhere (``vitprobe.reporting``).
+
+    ``levels``: spread level -> its thumbnails; ``examples``: images drawn layer by layer;
+    ``filters`` (n, P, P, 3) scaled patch-embedding filters of ``filter_count`` with ``components``
+    (k, P, P, 3) and their ``explained`` variance share; ``similarity`` (H, W, H, W) position-embedding
+    cosine similarity, with the grids ``used`` by the run; ``missing``: images that could not be read
+    again.
+    """
+
+    levels: dict[str, list[LevelImage]]
+    examples: list[ExampleImage]
+    filters: torch.Tensor | None = None
+    filter_count: int = 0
+    components: torch.Tensor | None = None
+    explained: float = 0.0
+    similarity: torch.Tensor | None = None
+    used: list[tuple[int, int]] | None = None
+    missing: list[str] | None = None
 
 
 @dataclass(frozen=True)
 class ReportOptions:
     """``examples``: images drawn layer by layer; ``per_level``: thumbnails per spread level; ``size``:
-    the (H, W) the run resized to, if any (the report must show what the run measured); ``clip``: the
-    percentile of each map drawn as the top of its colour scale."""
+    the (H, W) the run resized to, if any (the report must show what the run measured); ``style`` of
+    the maps."""
 
     examples: int = 4
     per_level: int = 4
     size: tuple[int, int] | None = None
-    cmap: str = "inferno"
-    clip: float = DEFAULT_CLIP
-
-
-def _pick(items: list, k: int) -> list:
-    """k items spread evenly over the list (first and last included)."""
-    if len(items) <= k:
-        return list(items)
-    return [items[round(i * (len(items) - 1) / (k - 1))] for i in range(k)] if k > 1 else [items[len(items) // 2]]
+    style: Style = Style()
 
 
 def _thumb(image: Image.Image) -> Image.Image:
@@ -83,10 +113,9 @@ def _per_layer_table(aggregates: dict) -> list[dict]:
     return rows
 
 
-def write_report(model: VitModel, out_dir: Path, aggregates: dict, opts: ReportOptions | None = None) -> Path:
+def write_report(out_dir: Path, aggregates: dict, inputs: ReportInputs, style: Style = Style()) -> Path:
     """Write ``out_dir/report.html`` and its figures; returns the path of the HTML file."""
     jinja2 = require("jinja2")
-    opts = opts or ReportOptions()
     out_dir = Path(out_dir)
     files = out_dir / FILES
     files.mkdir(parents=True, exist_ok=True)
@@ -109,8 +138,9 @@ def write_report(model: VitModel, out_dir: Path, aggregates: dict, opts: ReportO
     per_head = {label: np.asarray(metrics[name]["mean"], dtype=float) for name, label in panels.items()
                 if name in metrics}
     if per_head:
-        per_layer = ({"head-mean CLS map": np.asarray(metrics["entropy_cls_map"]["mean"], dtype=float)}
-                     if "entropy_cls_map" in metrics else {})
+        maps = {"head-mean CLS map": "entropy_cls_map", "rollout through layer": "entropy_rollout_map"}
+        per_layer = {label: np.asarray(metrics[name]["mean"], dtype=float) for label, name in maps.items()
+                     if name in metrics}
         top = aggregates.get("entropy_max_nats")
         limits = {"log T (uniform row)": top["row"], "log N (uniform map)": top["map"]} if top else {}
         save(entropy_plot(per_head, layers, per_layer, limits), "entropy.png")
@@ -122,10 +152,10 @@ def write_report(model: VitModel, out_dir: Path, aggregates: dict, opts: ReportO
     save(artifact_figure(layers, {k: np.asarray(v, dtype=float) for k, v in shares.items()}, ratio,
                          art["outlier_ratio"]), "artifacts.png")
 
-    embeddings = _embedding_figures(model, aggregates, save)
-    levels, examples, missing = _image_figures(model, aggregates, opts, files)
+    embeddings = _embedding_figures(inputs, save)
+    levels, examples = _image_figures(aggregates, inputs, style, files)
     context = {
-        "title": f"vitprobe analysis — {model.name}",
+        "title": f"vitprobe analysis — {aggregates['model']['model']}",
         "model": aggregates["model"],
         "images": aggregates["images"],
         "input_sizes": aggregates["input_sizes"],
@@ -140,8 +170,8 @@ def write_report(model: VitModel, out_dir: Path, aggregates: dict, opts: ReportO
         "embeddings": embeddings,
         "artifacts": art,
         "failures": _failures(out_dir),
-        "missing": missing,
-        "clip": opts.clip,
+        "missing": inputs.missing or [],
+        "clip": style.clip,
     }
     env = jinja2.Environment(loader=jinja2.FileSystemLoader(Path(__file__).parent / "templates"),
                              autoescape=jinja2.select_autoescape(["html", "j2"]))
@@ -161,73 +191,53 @@ def _failures(out_dir: Path) -> list[list[str]]:
         return list(csv.reader(f))[1:]
 
 
-def _embedding_figures(model: VitModel, aggregates: dict, save) -> dict:
+def _embedding_figures(inputs: ReportInputs, save) -> dict:
     """Patch filters, their principal components, and position similarity; what the model has of them."""
     info: dict = {}
-    if model.patch_weight is not None:
-        weight = model.patch_weight.float().cpu()
-        n = min(MAX_FILTERS, weight.shape[0])
-        save(filters_figure(patch_filters(weight)[:n], f"Patch-embedding filters: the first {n} of {weight.shape[0]}",
+    if inputs.filters is not None:
+        n, patch = len(inputs.filters), inputs.filters.shape[1]
+        save(filters_figure(inputs.filters, f"Patch-embedding filters: the first {n} of {inputs.filter_count}",
                             subtitle="each filter min-max scaled to its own range"), "filters.png")
-        comps, ratio = filter_components(weight, k=28)
-        explained = f"{len(comps)} components explain {100 * float(ratio.sum()):.1f}% of the variance"
-        save(filters_figure(comps, "Principal components of the patch-embedding filters", ncols=14,
+        explained = f"{len(inputs.components)} components explain {100 * inputs.explained:.1f}% of the variance"
+        save(filters_figure(inputs.components, "Principal components of the patch-embedding filters", ncols=14,
                             subtitle=explained), "filter_components.png")
-        info["filters"] = {"count": int(weight.shape[0]), "patch": int(weight.shape[-1])}
-    if model.position_grid is not None:
-        grid = model.position_grid.float().cpu()
-        sim = position_similarity(grid)
-        h, w = grid.shape[:2]
+        info["filters"] = {"count": inputs.filter_count, "patch": int(patch)}
+    if inputs.similarity is not None:
+        sim = inputs.similarity
+        h, w = sim.shape[:2]
         save(position_grid_figure(sim, f"Cosine similarity of position embeddings (learned {h}×{w} table)\n"
                                        "cell (row, col): similarity of that position to every position"),
              "positions.png")
         save(similarity_matrix_figure(sim.reshape(h * w, h * w),
                                       f"Position-embedding similarity, {h * w}×{h * w} (seed 003's view)"),
              "positions_matrix.png")
-        sizes = [tuple(s["input_hw"]) for s in aggregates["input_sizes"]]
-        used = [model.layout(s).grid_hw for s in sizes]
+        used = inputs.used or []
         info["positions"] = {"native": [h, w], "used": [list(g) for g in used],
-                             "interpolated": any(g != (h, w) for g in used)}
+                             "interpolated": any(tuple(g) != (h, w) for g in used)}
     return info
 
 
-def _image_figures(model: VitModel, aggregates: dict, opts: ReportOptions, files: Path):
-    """Spread-level thumbnails (image + head-mean CLS map of the spread layer) and example layer grids."""
+def _image_figures(aggregates: dict, inputs: ReportInputs, style: Style, files: Path):
+    """Spread-level thumbnails (image + map) and example layer grids, drawn from ``inputs``."""
     spread = aggregates.get("spread_levels")
     if not spread:
-        return [], [], []
-    layer = spread["layer"]
-    levels, examples, missing = [], [], []
+        return [], []
+    levels, examples = [], []
     for level, members in spread["levels"].items():
         shown = []
-        for k, member in enumerate(_pick(members, opts.per_level)):
-            try:
-                cap = model.capture(member["image"], size=opts.size, fuse=(), full_layers=())
-            except ImageLoadError as err:
-                missing.append(str(err))
-                continue
-            heat = cls_maps(cap.cls, cap.layout)[cap.layer_position(layer), 0].mean(0)
-            view = _thumb(cap.images[0])
+        for k, item in enumerate(inputs.levels.get(level, [])):
+            view = _thumb(item.view)
             name = f"level{level}_{k}.jpg"
-            pair = side_by_side([view, overlay(view, heat, cmap=opts.cmap, clip=opts.clip)], gap=4)
-            pair.save(files / name, quality=88)
-            shown.append({"src": f"{FILES}/{name}", "image": member["image"], "entropy": member["entropy_cls_map"]})
+            side_by_side([view, overlay(view, item.heat, style)], gap=4).save(files / name, quality=88)
+            shown.append({"src": f"{FILES}/{name}", "image": item.image, "entropy": item.entropy})
         values = [m["entropy_cls_map"] for m in members]
         levels.append({"level": level, "count": len(members), "low": min(values), "high": max(values),
                        "shown": shown})
-    medians = [members[len(members) // 2]["image"] for members in spread["levels"].values()]
-    for k, path in enumerate(medians[: opts.examples]):
-        try:
-            cap = model.capture(path, size=opts.size, fuse=("mean",), full_layers=())
-        except ImageLoadError as err:
-            missing.append(str(err))
-            continue
-        head_mean = cls_maps(cap.cls, cap.layout)[:, 0].mean(1)  # (L, H, W)
-        extra = {f"{how} over layers": aggregate_layers(head_mean, how) for how in ("mean", "max", "min")}
-        extra["rollout"] = rollout(cap.fused["mean"], cap.layout)[0]
-        fig = layer_grid(cap.images[0], head_mean, layer_ids=cap.layers, extra=extra, cmap=opts.cmap, clip=opts.clip,
-                         title=f"{Path(path).name}: CLS attention per layer (head mean), aggregates and rollout")
+    for k, example in enumerate(inputs.examples):
+        fig = grid_figure(example.view, example.panels, style=style,
+                          title=f"{Path(example.image).name}: CLS attention per layer (head mean), aggregates and "
+                                "rollout")
         name = f"example_{k}.png"
         save_figure(fig, files / name, dpi=80)
-        examples.append({"src": f"{FILES}/{name}", "image": path})
-    return levels, examples, missing
+        examples.append({"src": f"{FILES}/{name}", "image": example.image})
+    return levels, examples

@@ -1,13 +1,17 @@
-"""The local web demo: upload or pick a photo, choose model, method, layer and heads, click a patch.
+"""The local web demo: upload or pick a photo, choose model, method and its parameters, click a patch.
 
 ``DemoBackend`` holds everything that is not the page (allow-listed models, stored uploads,
 cached captures, rendering, downloads) and can be used without gradio. ``build_demo`` lays out
 the page and wires its events to ``DemoHandlers``, whose methods take and return plain values,
 turn every failure into one line in the status box, and never show a traceback.
 
-Uploads are decoded with ``load_image`` (size, pixel-count and format checks) and stored as
+The method list and each method's controls come from the registry (``vp.methods()``): every
+parameter of every method is one control, shown while the chosen method takes it. Only the
+public ``vitprobe`` API is used.
+
+Uploads are decoded with ``vp.load_image`` (size, pixel-count and format checks) and stored as
 PNG under a generated name; gradio's own temporary copy is deleted at once. Models are loaded
-only from the allow-list, through ``vitprobe.load`` (which never enables ``trust_remote_code``).
+only from the allow-list, through ``vp.load`` (which never enables ``trust_remote_code``).
 """
 
 import io
@@ -27,21 +31,11 @@ import torch
 from matplotlib.figure import Figure
 from PIL import Image
 
-from .. import render
-from ..analysis import keypoints
-from ..analysis.maps import FUSIONS, aggregate_layers, fuse_heads
-from ..analysis.thresholds import Threshold
-from ..api import cls_attention, query_attention, rollout
-from ..capture import Capture
-from ..io.images import ImageLoadError, load_image
-from ..io.samples import SAMPLE_NAMES, write_samples
-from ..models import VitModel, load
-from ..render.annotate import annotate
-from ..render.colormap import DEFAULT_CLIP
+import vitprobe as vp
 
 log = logging.getLogger(__name__)
 
-METHODS = ("CLS map", "Rollout", "Layer aggregation", "Query patch")
+DEFAULT_METHOD = "cls"
 COLORMAPS = ("inferno", "viridis", "magma", "plasma", "turbo", "jet", "gray")
 DISPLAY_MAX = 768
 """Longest side, in pixels, of the overlay shown on the page."""
@@ -51,38 +45,38 @@ KEPT_FILES = 50
 """Stored uploads and download folders kept; older ones are deleted."""
 CACHED_CAPTURES = 6
 QUERY_COLOUR = (0, 200, 255)
-INSTALL_HINT = "the web demo needs gradio: pip install 'vitprobe[web]'"
+INSTALL_HINT = "the web demo needs gradio: pip install -e '.[web]'"
 
 
 class DemoError(ValueError):
     """Something the user can fix; ``str()`` is the one line shown on the page."""
 
 
+def method_params() -> dict[str, vp.Param]:
+    """Every parameter of every registered method, by name (one control each), in registry order."""
+    out: dict[str, vp.Param] = {}
+    for info in vp.methods():
+        for param in info.params:
+            out.setdefault(param.name, param)
+    return out
+
+
 @dataclass(frozen=True)
 class View:
-    """What to draw: ``method`` (one of ``METHODS``), ``layer`` (model index, negative from the
-    end), ``heads`` ("mean" / "max" / "min" or "head N"), ``layer_fusion`` (layer aggregation),
-    ``discard_ratio`` (rollout), overlay ``alpha``, ``cmap`` and ``clip`` (the percentile of each map
-    drawn as the top of its colour scale), the ``query`` patch (row, col) (default: the grid centre)
-    and whether to mark ``keypoints``."""
+    """What to draw: ``method`` (a registered name) with ``params`` (its keyword parameters), drawn in
+    ``style``, with the ``keypoints`` (components above Otsu's threshold) marked when asked."""
 
-    method: str = "CLS map"
-    layer: int = -1
-    heads: str = "mean"
-    layer_fusion: str = "mean"
-    discard_ratio: float = 0.0
-    alpha: float = 0.5
-    cmap: str = "inferno"
-    clip: float = DEFAULT_CLIP
-    query: tuple[int, int] | None = None
+    method: str = DEFAULT_METHOD
+    params: dict[str, Any] = field(default_factory=dict)
+    style: vp.Style = vp.Style()
     keypoints: bool = False
 
 
 @dataclass
 class Rendered:
-    """One rendering: the ``overlay`` shown (longest side at most ``DISPLAY_MAX``), the ``figure``
-    (per-head or per-layer grid), the ``heat`` map (H, W) drawn, the arrays offered for download,
-    a one-line ``caption`` and the ``grid_hw`` (H, W) of the patch grid."""
+    """One rendering: the ``overlay`` shown (longest side at most ``DISPLAY_MAX``), the ``figure`` (the
+    method's panels), the ``heat`` map (H, W) drawn, the arrays offered for download, a one-line
+    ``caption`` and the ``grid_hw`` (H, W) of the patch grid."""
 
     overlay: Image.Image
     figure: Figure
@@ -105,8 +99,8 @@ class DemoBackend:
     work_dir: Path | None = None
     max_upload_bytes: int = MAX_UPLOAD_BYTES
     max_pixels: int = MAX_PIXELS
-    loader: Callable[[str], VitModel] = load
-    _loaded: dict[str, VitModel] = field(default_factory=dict)
+    loader: Callable[[str], vp.VitModel] = vp.load
+    _loaded: dict[str, vp.VitModel] = field(default_factory=dict)
     _captures: OrderedDict = field(default_factory=OrderedDict)
     _lock: threading.RLock = field(default_factory=threading.RLock)
 
@@ -118,7 +112,7 @@ class DemoBackend:
         for sub in ("uploads", "downloads", "samples"):
             (self.work_dir / sub).mkdir(parents=True, exist_ok=True)
 
-    def model(self, spec: str) -> VitModel:
+    def model(self, spec: str) -> vp.VitModel:
         """The loaded model of an allow-listed spec (loaded once)."""
         if spec not in self.models:
             raise DemoError(f"model {spec!r} is not offered by this demo")
@@ -138,8 +132,8 @@ class DemoBackend:
             limit = self.max_upload_bytes / 2**20
             raise DemoError(f"the upload is {size / 2**20:.3g} MiB; the limit is {limit:.3g} MiB")
         try:
-            image = load_image(path, max_pixels=self.max_pixels)
-        except ImageLoadError as err:
+            image = vp.load_image(path, max_pixels=self.max_pixels)
+        except vp.ImageLoadError as err:
             raise DemoError(f"the upload cannot be used: {err.reason}") from None
         key = f"upload:{uuid.uuid4().hex}"
         image.save(self._upload_path(key), format="PNG", compress_level=1)
@@ -148,10 +142,10 @@ class DemoBackend:
 
     def sample_key(self, name: str) -> str:
         """The key of a sample photo (written once from scikit-image)."""
-        if name not in SAMPLE_NAMES:
+        if name not in vp.SAMPLE_NAMES:
             raise DemoError(f"unknown sample {name!r}")
         try:
-            write_samples(self.work_dir / "samples", [name])
+            vp.write_samples(self.work_dir / "samples", [name])
         except RuntimeError as err:
             raise DemoError(str(err)) from None
         return f"sample:{name}"
@@ -159,7 +153,7 @@ class DemoBackend:
     def image(self, key: str) -> Image.Image:
         """The stored image of a key from ``store_upload`` or ``sample_key``."""
         kind, _, name = key.partition(":")
-        if kind == "sample" and name in SAMPLE_NAMES:
+        if kind == "sample" and name in vp.SAMPLE_NAMES:
             path = self.work_dir / "samples" / f"{name}.png"
         elif kind == "upload" and name.isalnum():
             path = self._upload_path(key)
@@ -167,123 +161,64 @@ class DemoBackend:
             raise DemoError("no image: upload one or pick a sample")
         if not path.is_file():
             raise DemoError("this image is no longer stored; upload it again")
-        return load_image(path)
+        return vp.load_image(path)
 
     def _upload_path(self, key: str) -> Path:
         return self.work_dir / "uploads" / f"{key.partition(':')[2]}.png"
 
-    def capture(self, spec: str, key: str, kind: tuple) -> Capture:
-        """A cached capture of image ``key``: kind ("cls",) keeps the CLS rows of every layer,
-        ("rollout", fusion) head-fused matrices of every layer, ("full", layer) one layer in full."""
+    def attribution(self, spec: str, key: str, method: str, params: dict[str, Any]) -> vp.Attribution:
+        """``method``'s maps of image ``key``; drawn from a cached capture when one holds what the method
+        needs (a new capture also records every layer's CLS rows, so other layers need no forward)."""
+        model = self.model(spec)
         with self._lock:
-            cache_key = (spec, key, kind)
-            if cache_key in self._captures:
-                self._captures.move_to_end(cache_key)
-                return self._captures[cache_key]
-            model, image = self.model(spec), self.image(key)
-            if kind[0] == "cls":
-                cap = model.capture(image, fuse=(), full_layers=())
-            elif kind[0] == "rollout":
-                cap = model.capture(image, fuse=(kind[1],), full_layers=())
-            else:
-                cap = model.capture(image, layers=[kind[1]], fuse=(), full_layers=[kind[1]])
-            self._captures[cache_key] = cap
+            if "gradients" in vp.get_method(method).requires:
+                return vp.attribute(model, self.image(key), method=method, **params)
+            for cache_key in reversed(self._captures):
+                if cache_key[:2] == (spec, key):
+                    try:
+                        result = vp.attribute(self._captures[cache_key], method=method, **params)
+                    except vp.MissingCapture:
+                        continue
+                    self._captures.move_to_end(cache_key)
+                    return result
+            wanted: list = [(method, params)] + (["layers"] if "cls" in model.prefix_names else [])
+            cap = vp.capture_for(model, self.image(key), method=wanted)
+            self._captures[(spec, key, uuid.uuid4().hex)] = cap
             while len(self._captures) > CACHED_CAPTURES:
                 self._captures.popitem(last=False)
-            return cap
+            return vp.attribute(cap, method=method, **params)
 
     def render(self, spec: str, key: str, view: View) -> Rendered:
         """Draw ``view`` of image ``key`` with model ``spec``."""
-        model = self.model(spec)
-        if view.method not in METHODS:
+        if view.method not in vp.method_names():
             raise DemoError(f"unknown method {view.method!r}")
-        try:
-            layer = model.resolve_layers([view.layer])[0]
-        except ValueError as err:
-            raise DemoError(str(err)) from None
-        head = _parse_heads(view.heads, model.num_heads)
-        if view.layer_fusion not in FUSIONS or view.cmap not in COLORMAPS or not 0.0 < view.clip <= 100.0:
-            raise DemoError(f"layer aggregation must be one of {FUSIONS}, the colormap one of {COLORMAPS} and the "
-                            "colour scale top a percentile in (0, 100]")
-        style = {"cmap": view.cmap, "alpha": view.alpha, "clip": view.clip}
-        cls_cap = self.capture(spec, key, ("cls",))
-        if cls_cap.cls is None:
-            raise DemoError(f"{model.name} has no CLS token, so CLS maps and rollout are undefined")
-        grid_hw = cls_cap.layout.grid_hw
-        picture = cls_cap.images[0]
-        per_layer_heads = cls_attention(cls_cap)[:, 0]  # (L, heads, H, W)
-        describe = f"{model.name}, {grid_hw[0]}×{grid_hw[1]} patches of {model.patch_size} px: "
-        query = None
-        if view.method in ("CLS map", "Query patch"):
-            if view.method == "CLS map":
-                heads = per_layer_heads[layer]
-                what = title = f"CLS attention, layer {layer}"
-            else:
-                query = view.query or (grid_hw[0] // 2, grid_hw[1] // 2)
-                if not (0 <= query[0] < grid_hw[0] and 0 <= query[1] < grid_hw[1]):
-                    raise DemoError(f"patch {query} is outside the {grid_hw[0]}×{grid_hw[1]} grid")
-                heads = query_attention(self.capture(spec, key, ("full", layer)), query, layer)[0]
-                what = title = f"attention of patch (row {query[0]}, col {query[1]}), layer {layer}"
-            heat = heads[head] if isinstance(head, int) else fuse_heads(heads, head)
-            what += f", {view.heads if isinstance(head, str) else f'head {head}'}"
-            extra = {how: fuse_heads(heads, how) for how in FUSIONS}
-            figure = render.head_grid(picture, heads, title=title, extra=extra, **style)
-            arrays = {"map": heat, "per_head": heads}
-        elif view.method == "Rollout":
-            fusion = head if isinstance(head, str) else "mean"
-            heat = rollout(self.capture(spec, key, ("rollout", fusion)), view.discard_ratio, fusion)[0]
-            what = f"rollout, heads fused by {fusion}, discard ratio {view.discard_ratio:g}"
-            if isinstance(head, int):
-                what += " (rollout fuses all heads, so one head cannot be chosen)"
-            per_layer = fuse_heads(per_layer_heads, "mean")
-            figure = render.layer_grid(picture, per_layer, layer_ids=cls_cap.layers, extra={"rollout": heat},
-                                       title="CLS attention per layer (head mean) and rollout", **style)
-            arrays = {"map": heat, "per_layer_head_mean": per_layer}
-        else:
-            per_layer = per_layer_heads[:, head] if isinstance(head, int) else fuse_heads(per_layer_heads, head)
-            heat = aggregate_layers(per_layer, view.layer_fusion)
-            label = view.heads if isinstance(head, str) else f"head {head}"
-            what = f"{view.layer_fusion} over layers of the CLS maps ({label})"
-            figure = render.layer_grid(picture, per_layer, layer_ids=cls_cap.layers,
-                                       extra={f"layer {how}": aggregate_layers(per_layer, how) for how in FUSIONS},
-                                       title=f"CLS attention per layer ({label}) and aggregation", **style)
-            arrays = {"map": heat, "per_layer": per_layer}
-        shown = _thumbnail(picture)
-        overlay = render.overlay(shown, heat, **style)
+        model = self.model(spec)
+        result = self.attribution(spec, key, view.method, view.params)
+        heat = result.maps[0]
+        grid_hw = result.layout.grid_hw
+        shown = _thumbnail(result.images[0])
+        overlay = vp.render.overlay(shown, heat, view.style)
         if view.keypoints:
             overlay = _mark_keypoints(overlay, heat)
-        if query is not None:
-            overlay = annotate(overlay, boxes=[_patch_box(*query, grid_hw, overlay.size)], colour=QUERY_COLOUR)
-        lo, hi = float(heat.min()), float(heat.max())
-        caption = describe + what + f"; values {lo:.3g} to {hi:.3g}"
-        if view.clip < 100.0:
-            caption += f", colours saturate above the {view.clip:g}th percentile"
-        out = {name: value.float().numpy() for name, value in arrays.items()}
-        out["layers"] = np.asarray(cls_cap.layers)
-        return Rendered(overlay, figure, heat, out, caption, grid_hw)
+        for row, col in result.marks:
+            overlay = vp.render.annotate(overlay, boxes=[_patch_box(row, col, grid_hw, overlay.size)],
+                                         colour=QUERY_COLOUR)
+        figure = vp.render.attribution_figure(result, 0, view.style)
+        caption = (f"{model.name}, {grid_hw[0]}×{grid_hw[1]} patches of {model.patch_size} px: {result.title}; "
+                   f"values {float(heat.min()):.3g} to {float(heat.max()):.3g}")
+        if view.style.clip < 100.0:
+            caption += f", colours saturate above the {view.style.clip:g}th percentile"
+        arrays = {"map": heat.numpy()} | {name: value[0].float().numpy() for name, value in result.detail.items()}
+        return Rendered(overlay, figure, heat, arrays, caption, grid_hw)
 
     def downloads(self, rendered: Rendered) -> list[Path]:
         """Write ``maps.npz`` and ``figure.png`` of a rendering into a new folder; return both paths."""
         folder = self.work_dir / "downloads" / uuid.uuid4().hex
         folder.mkdir(parents=True)
         np.savez_compressed(folder / "maps.npz", **rendered.arrays)
-        figure = render.save_figure(rendered.figure, folder / "figure.png")
+        figure = vp.render.save_figure(rendered.figure, folder / "figure.png")
         _prune(self.work_dir / "downloads", KEPT_FILES)
         return [folder / "maps.npz", figure]
-
-
-def _parse_heads(text: str, num_heads: int) -> str | int:
-    """"mean" / "max" / "min" stay as they are; "head N" -> N (checked against the model)."""
-    if text in FUSIONS:
-        return text
-    name, _, number = text.partition(" ")
-    if name == "head" and number.isdigit() and int(number) < num_heads:
-        return int(number)
-    raise DemoError(f"heads must be mean, max, min or head 0..{num_heads - 1}, got {text!r}")
-
-
-def head_choices(num_heads: int) -> list[str]:
-    return [*FUSIONS, *(f"head {i}" for i in range(num_heads))]
 
 
 def _thumbnail(image: Image.Image) -> Image.Image:
@@ -305,11 +240,11 @@ def _patch_box(row: float, col: float, grid_hw: tuple[int, int], size_wh: tuple[
 def _mark_keypoints(overlay: Image.Image, heat: torch.Tensor) -> Image.Image:
     """Keypoints (connected components above Otsu's threshold, best 5) and their boxes on the overlay."""
     grid_hw = tuple(heat.shape)
-    found = keypoints.find(heat[None], "components", Threshold("otsu"), top_k=5).keypoints[0]
+    found = vp.find_keypoints(heat[None], "components", vp.Threshold("otsu"), top_k=5).keypoints[0]
     sy, sx = overlay.height / grid_hw[0], overlay.width / grid_hw[1]
     points = [((k.col + 0.5) * sx, (k.row + 0.5) * sy) for k in found]
     boxes = [_patch_box(k.box[0], k.box[1], grid_hw, overlay.size, (k.box[2], k.box[3])) for k in found]
-    return annotate(overlay, points=points, boxes=boxes, labels=[str(i + 1) for i in range(len(found))])
+    return vp.render.annotate(overlay, points=points, boxes=boxes, labels=[str(i + 1) for i in range(len(found))])
 
 
 def click_to_patch(xy: Sequence[float], size_wh: tuple[int, int], grid_hw: tuple[int, int]) -> tuple[int, int]:
@@ -345,25 +280,49 @@ def _first_line(err: BaseException) -> str:
     return text.splitlines()[0] if text else type(err).__name__
 
 
-CONTROLS = ("model", "method", "layer", "heads", "layer_fusion", "discard_ratio", "alpha", "cmap", "clip",
-            "keypoints")
-"""Order of the control values every drawing handler receives after the state."""
+STYLE_CONTROLS = ("alpha", "cmap", "clip", "keypoints")
 NO_IMAGE = "Upload an image or pick a sample photo."
 
 
+def control_names() -> tuple[str, ...]:
+    """Order of the control values every drawing handler receives after the state: the model, the
+    method, one control per method parameter (registry order), then the style controls."""
+    return ("model", "method", *method_params(), *STYLE_CONTROLS)
+
+
+def head_choices(num_heads: int) -> list[str]:
+    """The head control's values: "fused" (the heads fused by the head-fusion control) or one head."""
+    return ["fused", *(str(i) for i in range(num_heads))]
+
+
 def new_state() -> dict:
-    """Per-session state: the image key, the query patch (row, col) and the last drawn
-    (width, height) of the overlay with the grid (H, W) it showed."""
-    return {"image": None, "query": None, "shown": None}
+    """Per-session state: the image key and the last drawn (width, height) of the overlay with the
+    grid (H, W) it showed."""
+    return {"image": None, "shown": None}
+
+
+def _takes(method: str, param: str) -> bool:
+    """Whether the registered ``method`` has the parameter ``param`` (False for an unknown method)."""
+    return method in vp.method_names() and param in {p.name for p in vp.get_method(method).params}
+
+
+def params_of(method: str, values: dict[str, Any]) -> dict[str, Any]:
+    """The chosen method's parameters from the control values (text and numbers as the page gives them)."""
+    out = {}
+    for param in vp.get_method(method).params:
+        value = values.get(param.name)
+        out[param.name] = param.parse("" if value is None else str(int(value) if param.kind == "layer" else value))
+    return out
 
 
 class DemoHandlers:
     """The functions the page's events call. Each takes the session state and the control values
-    (in ``CONTROLS`` order) and returns new output values; a failure becomes one line in the
+    (in ``control_names()`` order) and returns new output values; a failure becomes one line in the
     status box and leaves the other outputs as they were (``gr.update()``)."""
 
     def __init__(self, backend: DemoBackend) -> None:
         self.backend = backend
+        self.controls = control_names()
         self._gr = import_gradio()
 
     def upload(self, path: str | None, state: dict, *controls) -> tuple:
@@ -392,9 +351,9 @@ class DemoHandlers:
         the downloads of the previous view are hidden."""
         if not state.get("image"):
             return self._unchanged(state, NO_IMAGE)
-        spec, view = self._view(state, controls)
 
         def draw() -> tuple[Rendered, Image.Image]:
+            spec, view = self._view(controls)
             rendered = self.backend.render(spec, state["image"], view)
             return rendered, figure_image(rendered.figure)
 
@@ -406,51 +365,73 @@ class DemoHandlers:
         stale = self._gr.update(value=None, visible=False)  # downloads of an earlier view
         return {**state, "shown": shown}, rendered.overlay, figure, rendered.caption, stale
 
-    def click(self, xy: Sequence[float], state: dict, *controls) -> tuple:
-        """A click on the overlay at pixel (x, y): show that patch's attention (method "Query patch").
+    def change_method(self, state: dict, *controls) -> tuple:
+        """Another method: show the controls of its parameters only, then redraw.
 
-        Returns (method, state, overlay, figure, status, files)."""
+        Returns (one update per method parameter, state, overlay, figure, status, files)."""
+        return (*self._param_updates(controls), *self.redraw(state, *controls))
+
+    def click(self, xy: Sequence[float], state: dict, *controls) -> tuple:
+        """A click on the overlay at pixel (x, y): that patch's attention. The method stays when it takes a
+        patch; otherwise the first method that does (``query``) is chosen.
+
+        Returns (method, one update per method parameter, state, overlay, figure, status, files)."""
         if not state.get("shown"):
-            return (self._gr.update(), *self._unchanged(state, NO_IMAGE))
+            return (self._gr.update(), *(self._gr.update() for _ in method_params()),
+                    *self._unchanged(state, NO_IMAGE))
         width, height, grid_h, grid_w = state["shown"]
-        query = click_to_patch(xy, (width, height), (grid_h, grid_w))
-        values = {**dict(zip(CONTROLS, controls, strict=True)), "method": "Query patch"}
-        return ("Query patch", *self.redraw({**state, "query": query}, *values.values()))
+        row, col = click_to_patch(xy, (width, height), (grid_h, grid_w))
+        values = dict(zip(self.controls, controls, strict=True))
+        if not _takes(values["method"], "patch"):
+            values["method"] = next(n for n in vp.method_names() if _takes(n, "patch"))
+        values["patch"] = f"{row},{col}"
+        controls = tuple(values.values())
+        return (values["method"], *self._param_updates(controls, patch=values["patch"]),
+                *self.redraw(state, *controls))
+
+    def _param_updates(self, controls: Sequence, **values: Any) -> list:
+        """One update per method parameter: visible when the chosen method takes it, with ``values`` set."""
+        method = dict(zip(self.controls, controls, strict=True))["method"]
+        return [self._gr.update(visible=_takes(method, name), **({"value": values[name]} if name in values else {}))
+                for name in method_params()]
 
     def change_model(self, state: dict, *controls) -> tuple:
         """Another model: fit the layer slider and the head list to it, then redraw.
 
-        Returns (layer slider, heads dropdown, state, overlay, figure, status, files)."""
+        Returns (layer slider, head dropdown, state, overlay, figure, status, files)."""
         update = self._gr.update
-        values = dict(zip(CONTROLS, controls, strict=True))
+        values = dict(zip(self.controls, controls, strict=True))
         model, failure = _attempt(lambda: self.backend.model(values["model"]))
         if failure:
             return (update(), update(), *self._unchanged(state, failure))
         last = model.num_layers - 1
         values["layer"] = min(int(values["layer"]), last)
         choices = head_choices(model.num_heads)
-        if values["heads"] not in choices:
-            values["heads"] = "mean"
-        return (update(maximum=last, value=values["layer"]), update(choices=choices, value=values["heads"]),
-                *self.redraw({**state, "query": None}, *values.values()))
+        if values["head"] not in choices:
+            values["head"] = "fused"
+        return (update(maximum=last, value=values["layer"]), update(choices=choices, value=values["head"]),
+                *self.redraw(state, *values.values()))
 
     def download(self, state: dict, *controls) -> tuple:
         """Write maps.npz and figure.png of the current view and show them: (files, status)."""
         if not state.get("image"):
             return self._gr.update(), NO_IMAGE
-        spec, view = self._view(state, controls)
-        files, failure = _attempt(lambda: self.backend.downloads(self.backend.render(spec, state["image"], view)))
+
+        def prepare() -> list[Path]:
+            spec, view = self._view(controls)
+            return self.backend.downloads(self.backend.render(spec, state["image"], view))
+
+        files, failure = _attempt(prepare)
         if failure:
             return self._gr.update(), failure
         return self._gr.update(value=[str(p) for p in files], visible=True), "maps.npz and figure.png are ready below."
 
-    def _view(self, state: dict, controls: Sequence) -> tuple[str, View]:
-        values = dict(zip(CONTROLS, controls, strict=True))
-        query = tuple(state["query"]) if state.get("query") else None
-        view = View(method=values["method"], layer=int(values["layer"]), heads=values["heads"],
-                    layer_fusion=values["layer_fusion"], discard_ratio=float(values["discard_ratio"]),
-                    alpha=float(values["alpha"]), cmap=values["cmap"], clip=float(values["clip"]), query=query,
-                    keypoints=bool(values["keypoints"]))
+    def _view(self, controls: Sequence) -> tuple[str, View]:
+        values = dict(zip(self.controls, controls, strict=True))
+        if values["method"] not in vp.method_names():
+            raise DemoError(f"unknown method {values['method']!r}")
+        style = vp.Style(cmap=values["cmap"], alpha=float(values["alpha"]), clip=float(values["clip"]))
+        view = View(values["method"], params_of(values["method"], values), style, bool(values["keypoints"]))
         return values["model"], view
 
     def _unchanged(self, state: dict, status: str) -> tuple:
@@ -495,6 +476,27 @@ def import_gradio():
     return gradio
 
 
+def _param_control(gr, param: vp.Param, model: vp.VitModel, visible: bool):
+    """The control of one method parameter, named by its option."""
+    label = f"{param.option.removeprefix('--')}: {param.doc}"
+    common = {"label": label, "elem_id": f"param-{param.name}", "visible": visible}
+    if param.kind == "layer":
+        return gr.Slider(0, model.num_layers - 1, value=model.num_layers - 1, step=1, **common)
+    if param.kind == "head":
+        return gr.Dropdown(head_choices(model.num_heads), value="fused", **common)
+    if param.kind == "choice":
+        return gr.Radio(list(param.choices), value=param.default, **common)
+    if param.kind == "float" and param.low is not None and param.high is not None:
+        step = (param.high - param.low) / 20
+        top = param.high - step if param.high_open else param.high
+        return gr.Slider(param.low, top, value=param.default, step=step, **common)
+    if param.kind in ("int", "float"):
+        return gr.Number(value=param.default, **common)
+    hint = {"patch": "row,col (empty: the grid centre; click the overlay)", "target": "index or label (empty: top)"}
+    return gr.Textbox(value="" if param.default is None else str(param.default),
+                      placeholder=hint.get(param.kind, ""), **common)
+
+
 def build_demo(
     models: Sequence[str] = ("offline",),
     *,
@@ -511,10 +513,11 @@ def build_demo(
     installed. Raises ``DemoError`` when the first model cannot be loaded.
     """
     gr = import_gradio()
-    backend = DemoBackend(models, work_dir, max_upload_bytes, max_pixels, partial(load, device=device))
+    backend = DemoBackend(models, work_dir, max_upload_bytes, max_pixels, partial(vp.load, device=device))
     handlers = DemoHandlers(backend)
     first = backend.model(backend.models[0])
-    sample_names = list(SAMPLE_NAMES) if samples and _has_skimage() else []
+    sample_names = list(vp.SAMPLE_NAMES) if samples and _has_skimage() else []
+    taken = {p.name for p in vp.get_method(DEFAULT_METHOD).params}
     with gr.Blocks(title="vitprobe", analytics_enabled=False, delete_cache=(600, 3600)) as demo:
         gr.Markdown("## vitprobe: what does the Vision Transformer attend to?\n"
                     "Upload an image or pick a sample, then choose what to draw. Click the overlay to see the "
@@ -527,41 +530,37 @@ def build_demo(
                 sample = gr.Dropdown(sample_names, value=None, label="Sample photo", elem_id="sample",
                                      visible=bool(sample_names))
                 model = gr.Dropdown(list(backend.models), value=backend.models[0], label="Model", elem_id="model")
-                method = gr.Radio(list(METHODS), value=METHODS[0], label="Method", elem_id="method")
-                layer = gr.Slider(0, first.num_layers - 1, value=first.num_layers - 1, step=1, label="Layer",
-                                  elem_id="layer")
-                heads = gr.Dropdown(head_choices(first.num_heads), value="mean", label="Heads (fusion or one head)",
-                                    elem_id="heads")
-                layer_fusion = gr.Radio(list(FUSIONS), value="mean", label="Layer aggregation", elem_id="layer_fusion")
-                discard = gr.Slider(0.0, 0.95, value=0.0, step=0.05, label="Rollout discard ratio",
-                                    elem_id="discard")
+                method = gr.Radio(vp.method_names(), value=DEFAULT_METHOD, label="Method", elem_id="method",
+                                  info="; ".join(f"{i.name}: {i.summary}" for i in vp.methods()))
+                params = {name: _param_control(gr, p, first, name in taken) for name, p in method_params().items()}
                 alpha = gr.Slider(0.0, 1.0, value=0.5, step=0.05, label="Opacity", elem_id="alpha")
                 cmap = gr.Dropdown(list(COLORMAPS), value=COLORMAPS[0], label="Colormap", elem_id="cmap")
-                clip = gr.Slider(90.0, 100.0, value=DEFAULT_CLIP, step=0.5, elem_id="clip",
+                clip = gr.Slider(90.0, 100.0, value=vp.render.DEFAULT_CLIP, step=0.5, elem_id="clip",
                                  label="Colour scale top (percentile of the map; 100 = its max)")
                 marks = gr.Checkbox(False, label="Keypoints and boxes", elem_id="keypoints")
             with gr.Column(scale=2):
                 overlay = gr.Image(label="Overlay (click a patch)", type="pil", format="png", interactive=False,
                                    buttons=["download", "fullscreen"], elem_id="overlay")
                 status = gr.Markdown(NO_IMAGE, elem_id="status")
-                figure = gr.Image(label="Per-head / per-layer grid", type="pil", format="png", interactive=False,
+                figure = gr.Image(label="The method's panels", type="pil", format="png", interactive=False,
                                   buttons=["download", "fullscreen"], elem_id="figure")
                 download = gr.Button("Prepare downloads (maps.npz, figure.png)", elem_id="download")
                 files = gr.File(label="Downloads", file_count="multiple", interactive=False, visible=False,
                                 elem_id="files")
-        controls = [model, method, layer, heads, layer_fusion, discard, alpha, cmap, clip, marks]
+        controls = [model, method, *params.values(), alpha, cmap, clip, marks]
         drawn = [state, overlay, figure, status, files]
         upload.upload(handlers.upload, [upload, state, *controls], drawn)
         sample.input(handlers.sample, [sample, state, *controls], drawn)
-        for control in (method, layer, heads, layer_fusion, discard, alpha, cmap, clip, marks):
+        method.input(handlers.change_method, [state, *controls], [*params.values(), *drawn])
+        for control in (*params.values(), alpha, cmap, clip, marks):
             control.input(handlers.redraw, [state, *controls], drawn)
-        model.input(handlers.change_model, [state, *controls], [layer, heads, *drawn])
+        model.input(handlers.change_model, [state, *controls], [params["layer"], params["head"], *drawn])
         download.click(handlers.download, [state, *controls], [files, status])
 
         def on_click(evt: gr.SelectData, state: dict, *controls) -> tuple:
             return handlers.click(evt.index, state, *controls)
 
-        overlay.select(on_click, [state, *controls], [method, *drawn])
+        overlay.select(on_click, [state, *controls], [method, *params.values(), *drawn])
     return demo
 
 
