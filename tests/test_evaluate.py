@@ -79,7 +79,7 @@ QUADRANT = np.zeros((64, 64), dtype=bool)
 QUADRANT[:32, :32] = True
 TRUTH = ImageTruth(1, "x.png", 64, 64, [ObjectTruth("thing", (0, 0, 32, 32), np.array([[4.0, 4.0], [28.0, 28.0]]),
                                                    ("a", "b"), QUADRANT)])
-OPTS = LocalizeOptions(method="peaks", threshold=Threshold("abs", 0.4), fraction=1.0, top_k=5, alpha=0.2,
+OPTS = LocalizeOptions(find="peaks", threshold=Threshold("abs", 0.4), fraction=1.0, top_k=5, alpha=0.2,
                        tolerance=0.0)
 
 

@@ -11,7 +11,7 @@ from scipy.stats import spearmanr
 import vitprobe
 from tests import timm_models as tm
 from vitprobe.analysis import gradients
-from vitprobe.classmaps import attention_gradients, class_maps_pixels, resolve_target
+from vitprobe.targets import attention_gradients, resolve_target
 from vitprobe.layout import TokenLayout
 from vitprobe.models import timm as timm_adapter
 from vitprobe.models.hf import load_hf
@@ -92,6 +92,11 @@ def test_method_and_shape_errors():
         gradients.class_map(attn, grads, TokenLayout((), (1, 5), 16), "chefer")
 
 
+def class_maps_pixels(model, pixels: torch.Tensor, method: str = "chefer", target=None) -> vitprobe.Attribution:
+    """A gradient method's maps of model-input pixels (B, 3, H, W) through the public verb."""
+    return vitprobe.attribute(model, pixels, method=method, target=target)
+
+
 def tiny_vit(seed: int = 0, **overrides) -> vitprobe.VitModel:
     return timm_adapter.wrap(tm.tiny(tm.FAMILIES["vit"], seed=seed, std=0.3, **overrides), "tiny-vit")
 
@@ -103,8 +108,9 @@ def test_gradients_are_paired_with_their_own_layer():
     model = tiny_vit(depth=3)
     model.module.double()
     pixels = torch.randn(1, 3, 32, 32, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
-    _, grads, logits, targets = attention_gradients(model, pixels, target=3)
-    assert targets == [3]
+    result = attention_gradients(model, pixels, target=3)
+    grads = result.grads
+    assert result.targets == [3]
     eps = 1e-6
     for layer, (h, i, j) in [(0, (1, 0, 5)), (1, (2, 7, 0)), (2, (0, 0, 9)), (2, (3, 4, 4))]:
         def logit_with(delta: float, layer=layer, h=h, i=i, j=j) -> float:
@@ -158,7 +164,7 @@ def test_targets_by_prediction_index_and_label():
     model = tiny_vit()
     pixels = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(5))
     predicted = class_maps_pixels(model, pixels)
-    assert predicted.targets == predicted.probs.argmax(-1).tolist()
+    assert predicted.targets == predicted.logits.argmax(-1).tolist()
     first = predicted.targets[0]
     same = class_maps_pixels(model, pixels[:1], target=first)
     torch.testing.assert_close(same.maps[0], predicted.maps[0], atol=1e-6, rtol=1e-5)
@@ -168,7 +174,7 @@ def test_targets_by_prediction_index_and_label():
     by_label = class_maps_pixels(model, pixels[:1], target=f"ALIAS{first}")
     torch.testing.assert_close(by_label.maps, same.maps)
     top = by_label.top(0, k=3)
-    assert [i for i, _, _ in top] == by_label.probs[0].argsort(descending=True)[:3].tolist()
+    assert [i for i, _, _ in top] == by_label.logits[0].argsort(descending=True)[:3].tolist()
     assert top[0][1] == model.labels[top[0][0]] and abs(sum(p for *_, p in by_label.top(0, 5)) - 1) < 1e-5
 
 
@@ -240,8 +246,9 @@ def test_head_randomisation_leaves_raw_attention_and_rollout_identical():
         other_head.module.head.bias.normal_(0.0, 0.3)
     cap, cap_other = model.capture_pixels(pixels), other_head.capture_pixels(pixels)
     assert not torch.allclose(cap.logits, cap_other.logits)
-    assert torch.equal(vitprobe.cls_attention(cap), vitprobe.cls_attention(cap_other))
-    assert torch.equal(vitprobe.rollout(cap), vitprobe.rollout(cap_other))
+    for method in ("cls", "layers", "rollout"):
+        assert torch.equal(vitprobe.attribute(cap, method=method).maps, vitprobe.attribute(cap_other, method=method).maps)
+    assert torch.equal(cap.cls, cap_other.cls)
     for method in gradients.KINDS:
         a = class_maps_pixels(model, pixels, method=method, target=0).maps
         b = class_maps_pixels(other_head, pixels, method=method, target=0).maps

@@ -1,4 +1,4 @@
-"""Thresholds, keypoint methods and grid -> image coordinates against hand-computed answers."""
+"""Thresholds, keypoint finders and grid -> image coordinates against hand-computed answers."""
 
 from __future__ import annotations
 
@@ -121,7 +121,7 @@ def test_peaks_radius_and_top_k():
     assert [p.score for p in top] == [1.0, 0.9]
 
 
-def test_mass_method_is_components_of_the_mass_mask():
+def test_mass_finder_is_components_of_the_mass_mask():
     maps = grid(3, 3, {(0, 0): 0.4, (0, 1): 0.3, (2, 2): 0.2, (2, 0): 0.1})[None]
     found = kp.mass(maps, fraction=0.6)
     (point,) = found.keypoints[0]  # 0.4 + 0.3 reach 60 %; 0.2 is not needed
@@ -133,7 +133,7 @@ def test_batched_maps_give_one_list_per_map():
     maps = torch.cat([blobs(), torch.zeros(1, 6, 8)])
     found = kp.find(maps, "components", Threshold("abs", 0.5))
     assert len(found.keypoints) == 2 and len(found.keypoints[0]) == 2 and found.keypoints[1] == []
-    with pytest.raises(ValueError, match="unknown keypoint method"):
+    with pytest.raises(ValueError, match="unknown keypoint finder"):
         kp.find(maps, "nope")
     with pytest.raises(ValueError, match="B, H, W"):
         kp.find(maps[0], "components")
@@ -168,10 +168,10 @@ def test_localize_a_cropped_non_square_capture_onto_the_original_image(tmp_path)
                  "crop_size": {"height": 32, "width": 24}, "image_mean": [0.5] * 3, "image_std": [0.5] * 3}
     model = vp.load(str(make_tiny("dinov2", tmp_path / "tiny", processor=processor)))
     image = np.random.default_rng(0).integers(0, 255, (60, 90, 3), dtype=np.uint8)
-    cap = model.capture(image, fuse=(), full_layers=())
-    assert cap.layout.grid_hw == (4, 3) and cap.geometry[0].crop_box == pytest.approx((6.0, 27.0, 48.0, 36.0))
+    result = vp.attribute(model, image, method="cls")
+    assert result.layout.grid_hw == (4, 3) and result.geometry[0].crop_box == pytest.approx((6.0, 27.0, 48.0, 36.0))
     # abs:0 keeps every patch: one component, the whole grid, centroid (1.5, 1.0)
-    (found,) = vp.localize(cap, "cls", vp.LocalizeOptions(method="components", threshold=vp.Threshold("abs", 0.0)))
+    (found,) = vp.localize(result, vp.LocalizeOptions(find="components", threshold=vp.Threshold("abs", 0.0)))
     (point,) = found.keypoints
     assert (point.x, point.y) == pytest.approx((27 + 1.5 * 8 * 1.5, 6 + 2.0 * 8 * 1.5))
     assert point.box == pytest.approx((27.0, 6.0, 63.0, 54.0)) and point.area == pytest.approx(12 * 64 * 1.5**2)

@@ -98,15 +98,25 @@ def test_evaluate_offline_model_on_shipped_annotations(photos, tmp_path):
             assert figure.size == original.size
 
 
-def test_keypoints_tiny_model_every_method(tiny_dirs, photos, tmp_path):
-    for method in ("components", "weighted", "peaks", "mass"):
+def test_keypoints_tiny_model_every_finder(tiny_dirs, photos, tmp_path):
+    for find in ("components", "weighted", "peaks", "mass"):
         result = runner.invoke(app, ["keypoints", str(photos[1]), "--model", str(tiny_dirs["dinov2"]),
-                                     "--short-side", "32", "--method", method, "--source", "head:1",
-                                     "--threshold", "pct:80", "--top-k", "3", "--out", str(tmp_path / method)])
+                                     "--short-side", "32", "--find", find, "--method", "cls", "--head", "1",
+                                     "--threshold", "pct:80", "--top-k", "3", "--out", str(tmp_path / find)])
         assert result.exit_code == 0, result.output
-        record = json.loads((tmp_path / method / "astronaut" / "keypoints.json").read_text())
-        assert record["grid_hw"] == [4, 4] and record["method"] == method
-        assert 1 <= len(record["keypoints"]) <= (1 if method == "weighted" else 3)
+        record = json.loads((tmp_path / find / "astronaut" / "keypoints.json").read_text())
+        assert record["grid_hw"] == [4, 4] and record["find"] == find and record["method"] == "cls"
+        assert record["params"] == {"layer": -1, "head_fusion": "mean", "head": 1}
+        assert 1 <= len(record["keypoints"]) <= (1 if find == "weighted" else 3)
+
+
+@pytest.mark.parametrize("method", ["rollout", "layers", "query"])
+def test_keypoints_from_any_registered_method(tiny_dirs, photos, tmp_path, method):
+    result = runner.invoke(app, ["keypoints", str(photos[0]), "--model", str(tiny_dirs["vit"]), "--short-side", "32",
+                                 "--method", method, "--out", str(tmp_path)])
+    assert result.exit_code == 0, result.output
+    record = json.loads((tmp_path / "chelsea" / "keypoints.json").read_text())
+    assert record["method"] == method and record["keypoints"]
 
 
 def test_keypoints_bad_inputs_give_one_line_each_and_the_rest_still_runs(tiny_dirs, tmp_path):
@@ -124,11 +134,12 @@ def test_keypoints_bad_inputs_give_one_line_each_and_the_rest_still_runs(tiny_di
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        (["--method", "bogus"], "--method"),
+        (["--find", "bogus"], "--find"),
+        (["--method", "bogus"], "--method: unknown method 'bogus'"),
         (["--threshold", "pct:200"], "percentile"),
-        (["--source", "attention"], "--source"),
-        (["--source", "head:9"], "head 9 does not exist"),
+        (["--head", "9"], "head 9 does not exist"),
         (["--layer", "7"], "layer 7 does not exist"),
+        (["--method", "cls,rollout"], "keypoints takes one method"),
     ],
 )
 def test_keypoints_bad_options_fail_with_one_line(tiny_dirs, photos, tmp_path, args, message):
@@ -155,7 +166,8 @@ def test_evaluate_reports_missing_and_mismatched_images_and_scores_the_rest(tiny
 
 
 @pytest.mark.parametrize(("args", "message"), [(["--short-side", "0"], "--short-side"), (["--masks", "x"], "--masks"),
-                                               (["--alpha", "0"], "--alpha")])
+                                               (["--alpha", "0"], "--alpha"), (["--patch", "1,1"], "--patch: no chosen"),
+                                               (["--method", "rollout", "extra.png"], "unexpected argument")])
 def test_evaluate_bad_options_fail_with_one_line(tiny_dirs, photos, tmp_path, args, message):
     result = runner.invoke(app, ["evaluate", "--annotations", str(ANNOTATIONS), "--images", str(photos[0].parent),
                                  "--model", str(tiny_dirs["vit"]), *args])

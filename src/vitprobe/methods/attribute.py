@@ -5,6 +5,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
+import torch
+
 from ..capture import Capture
 from .base import Attribution, Context, Method, MissingCapture, Needs, get_method
 
@@ -39,6 +41,16 @@ def _specs(method: MethodSpec | Sequence[MethodSpec], params: dict[str, Any]) ->
     return chosen
 
 
+def _prepare(model: VitModel, images, size: tuple[int, int] | None):
+    """(pixels (B, 3, H, W), views, geometry): images loaded and preprocessed, or a tensor of model input
+    taken as it is (no views, no geometry)."""
+    if isinstance(images, torch.Tensor) and images.dim() == 4:
+        if size is not None:
+            raise ValueError("size applies to images, not to model-input pixels (B, 3, H, W)")
+        return images, [], []
+    return model.prepare(images, size)
+
+
 def _context(subject: VitModel | Capture, layout) -> Context:
     if isinstance(subject, Capture):
         return Context(layout, subject.n_layers or max(subject.layers) + 1, subject.model_name, capture=subject,
@@ -66,7 +78,7 @@ def capture_for(
 ) -> Capture:
     """One capture holding what the methods need (a forward pass; gradients are not part of it), so
     ``attribute(capture, method=..., **params)`` can draw them later without running the model."""
-    pixels, views, geometry = model.prepare(images, size)
+    pixels, views, geometry = _prepare(model, images, size)
     chosen = _specs(method, params)
     ctx = _context(model, model.layout(tuple(pixels.shape[-2:])))
     needs = _plan(ctx, chosen, bool(model.labels) or None)
@@ -87,7 +99,8 @@ def attribute(
     """Maps of ``images`` by ``method`` (a registered name; ``vp.methods()`` lists them).
 
     ``subject`` is a loaded model (``images`` as ``capture`` takes them: paths, PIL images, arrays,
-    one or many; ``size=(H, W)`` resizes the whole image instead of the model's preprocessing) or a
+    one or many; ``size=(H, W)`` resizes the whole image instead of the model's preprocessing; or
+    model-input pixels (B, 3, H, W) already preprocessed, which then have no views or geometry) or a
     ``Capture`` already recorded (then ``images`` is None and no model runs; it must hold what the
     methods need). ``params`` are the methods' keyword parameters (``layer=-1``,
     ``discard_ratio=0.9``, ``target="tabby"``, ...). Several methods — a list of names, or
@@ -109,7 +122,7 @@ def attribute(
         if images is None:
             raise ValueError("attribute(model, images, ...) needs images")
         model = subject
-        pixels, views, geometry = model.prepare(images, size)
+        pixels, views, geometry = _prepare(model, images, size)
         ctx = _context(model, model.layout(tuple(pixels.shape[-2:])))
         ctx.pixels = pixels
         needs = _plan(ctx, chosen, bool(model.labels) or None)
