@@ -41,9 +41,12 @@ def test_arrays_give_the_models_capture(model_capture):
     torch.testing.assert_close(byo.cls, cap.cls, atol=0, rtol=0)
     for how in ("mean", "max", "min"):
         torch.testing.assert_close(byo.fused[how], cap.fused[how], atol=1e-7, rtol=0)
-    torch.testing.assert_close(vitprobe.cls_attention(byo), vitprobe.cls_attention(cap), atol=0, rtol=0)
-    torch.testing.assert_close(vitprobe.rollout(byo, discard_ratio=0.5), vitprobe.rollout(cap, discard_ratio=0.5))
-    torch.testing.assert_close(vitprobe.query_attention(byo, (2, 3)), vitprobe.query_attention(cap, (2, 3)))
+    for method, params in (("layers", {}), ("cls", {"layer": 1}), ("rollout", {"discard_ratio": 0.5}),
+                           ("query", {"patch": (2, 3)})):
+        ours, theirs = (vitprobe.attribute(c, method=method, **params) for c in (byo, cap))
+        torch.testing.assert_close(ours.maps, theirs.maps, atol=1e-7, rtol=0)
+        for key in ours.detail:
+            torch.testing.assert_close(ours.detail[key], theirs.detail[key], atol=0, rtol=0)
     torch.testing.assert_close(byo.reduced["distance"], cap.reduced["distance"], atol=1e-4, rtol=1e-5)
     torch.testing.assert_close(byo.reduced["entropy"], cap.reduced["entropy"], atol=1e-4, rtol=1e-5)
     torch.testing.assert_close(byo.reduced["entropy"], row_entropy(torch.stack(list(cap.full.values()))), atol=1e-4,
@@ -81,8 +84,8 @@ def test_prefix_tokens_by_count():
     none = vitprobe.from_attentions(softmax_layers(2, 1, 2, 9), prefix_tokens=0)
     assert none.cls is None and none.layout.grid_hw == (3, 3)
     with pytest.raises(ValueError, match="no CLS token"):
-        vitprobe.cls_attention(none)
-    assert vitprobe.query_attention(none, (1, 1)).shape == (1, 2, 3, 3)
+        vitprobe.attribute(none, method="cls")
+    assert vitprobe.attribute(none, method="query", patch=(1, 1)).detail["heads"].shape == (1, 2, 3, 3)
 
 
 @pytest.mark.parametrize(
@@ -106,12 +109,12 @@ def test_renderers_work_on_a_byo_capture():
     rng = np.random.default_rng(1)
     image = Image.fromarray(rng.integers(0, 256, (64, 96, 3), dtype=np.uint8))
     cap = vitprobe.from_attentions(softmax_layers(3, 1, 4, 1 + 24), grid_hw=(4, 6), images=[image])
-    heat = vitprobe.rollout(cap)[0]
-    over = vitprobe.render.overlay(cap.images[0], heat, alpha=1.0)
+    heat = vitprobe.attribute(cap, method="rollout").maps[0]
+    over = vitprobe.render.overlay(cap.images[0], heat, vitprobe.Style(alpha=1.0))
     assert over.size == image.size
     hottest = np.unravel_index(int(heat.argmax()), (4, 6))
     colour = np.asarray(over)[hottest[0] * 16 + 8, hottest[1] * 16 + 8]
     coldest = np.unravel_index(int(heat.argmin()), (4, 6))
     assert colour.sum() > np.asarray(over)[coldest[0] * 16 + 8, coldest[1] * 16 + 8].sum()
-    fig = vitprobe.render.head_grid(cap.images[0], vitprobe.cls_attention(cap)[-1, 0])
+    fig = vitprobe.render.attribution_figure(vitprobe.attribute(cap, method="cls"))
     assert len(fig.axes) >= 5

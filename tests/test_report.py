@@ -15,6 +15,7 @@ from vitprobe.io.samples import write_samples
 from vitprobe.models.hf import load_hf
 from vitprobe.render.plots import distance_scatter, entropy_plot, position_grid_figure, tile_grid
 from vitprobe.render.report import ReportOptions, write_report
+from vitprobe.reporting import report_inputs
 from vitprobe.runner import AnalyzeOptions, read_image_list, run_analysis
 
 pytest.importorskip("pyarrow")
@@ -40,7 +41,8 @@ def report_dir(tiny_dirs, tmp_path_factory) -> Path:
     aggregates = run_analysis(model, read_image_list(images), out, AnalyzeOptions(batch_size=5, progress=False))
     aggregates["timing"] = {"images_this_session": 13, "seconds": 2.0, "images_per_second": 6.5,
                             "peak_rss_mb_per_rank": [512.0]}
-    write_report(model, out, aggregates, ReportOptions(examples=2, per_level=2))
+    opts = ReportOptions(examples=2, per_level=2)
+    write_report(out, aggregates, report_inputs(model, aggregates, opts), opts.style)
     return out
 
 

@@ -17,6 +17,7 @@ import torch
 from PIL import Image, ImageOps
 from typer.testing import CliRunner
 
+from tests.test_streaming import float64_rollout
 from vitprobe.analysis.distance import mean_attention_distance
 from vitprobe.analysis.entropy import cls_entropy, map_entropy, rows_entropy, spread_levels
 from vitprobe.analysis.maps import cls_maps
@@ -79,7 +80,7 @@ def test_records_equal_the_definitions_on_full_attention(tiny_dirs, photo_dir, t
     assert table.column_names == ["image", "layer", "head", "metric", "value"]
     rows = table.to_pylist()
     layers, heads = model.num_layers, model.num_heads
-    assert len(rows) == N_GOOD * (4 * layers * heads + 5 * layers)
+    assert len(rows) == N_GOOD * (4 * layers * heads + 6 * layers)
     assert aggregates["images"] == {"listed": N_GOOD + 2, "analysed": N_GOOD, "failed": 2}
     failures = (tmp_path / "failures.csv").read_text().splitlines()
     assert failures[0] == "file,reason" and len(failures) == 3
@@ -105,6 +106,11 @@ def test_records_equal_the_definitions_on_full_attention(tiny_dirs, photo_dir, t
         "entropy_cls": cls_entropy(cap.cls)[:, 0],
         "entropy_cls_map": map_entropy(cls_maps(cap.cls, cap.layout)[:, 0].mean(1)),
     }
+    fused = np.stack([a[0].mean(0).numpy() for a in full])[:, None]  # (L, 1, T, T) head means, float64 below
+    for depth in range(layers):  # rollout through layers 0..depth, entropy of its patch part renormalised
+        row = float64_rollout(fused[: depth + 1], 0)[0, cap.layout.n_prefix:]
+        p = row / row.sum()
+        assert values("entropy_rollout_map")[depth] == pytest.approx(-(p * np.log(p)).sum(), rel=1e-5)
     for metric, value in expect.items():
         ref = torch.stack(list(value)) if isinstance(value, list) else value
         np.testing.assert_allclose(values(metric), ref.double().numpy(), rtol=1e-5, atol=1e-6, err_msg=metric)

@@ -91,11 +91,10 @@ def test_model_without_cls_rejects_cls_maps_but_not_the_rest():
     assert model.module.global_pool == "map" and model.prefix_names == ()
     cap = model.capture_pixels(torch.randn(2, 3, 32, 32), full_layers=[1], reducers={"distance": MeanDistance()})
     assert cap.cls is None
-    with pytest.raises(ValueError, match="no CLS token"):
-        vitprobe.cls_attention(cap)
-    with pytest.raises(ValueError, match="no CLS token"):
-        vitprobe.rollout(cap)
-    query = vitprobe.query_attention(cap, (1, 2))
+    for method in ("cls", "layers", "rollout"):
+        with pytest.raises(ValueError, match="no CLS token"):
+            vitprobe.attribute(cap, method=method)
+    query = vitprobe.attribute(cap, method="query", patch=(1, 2)).detail["heads"]
     torch.testing.assert_close(query, cap.full[1][:, :, 6].reshape(2, 4, 4, 4))
     assert cap.reduced["distance"].shape == (2, 2, 4) and (cap.reduced["distance"] > 0).all()
 

@@ -118,7 +118,7 @@ def test_fps_resampling_gif_and_max_frames(tiny_dirs, tmp_path):
         assert gif.n_frames == 6 and gif.size == (64, 48) and gif.info["duration"] in (160, 170)
     out = tmp_path / "out.mp4"
     result = runner.invoke(app, ["video", str(video), "--out", str(out), "--model", str(tiny_dirs["vit"]),
-                                 "--max-frames", "5", "--method", "aggregate"])
+                                 "--max-frames", "5", "--method", "layers", "--layer-fusion", "max"])
     assert result.exit_code == 0, result.output
     assert len(probe(out)[1]) == 5
 
@@ -130,18 +130,19 @@ def test_colour_scale_is_the_documented_one(tiny_dirs, tmp_path, normalize):
     model = vp.load(str(tiny_dirs["vit"]))
     video = write_video(tmp_path / "in.mp4", moving_noise(6, (64, 96), seed=1), 8.0)
     out, maps_path = tmp_path / "out.mp4", tmp_path / "maps.npy"
-    opts = VideoOptions(normalize=normalize, alpha=0.8, batch_size=4)
+    style = render.Style(alpha=0.8)
+    opts = VideoOptions(normalize=normalize, style=style, batch_size=4)
     result = attention_video(model, video, [out], opts, maps_path=maps_path, progress=False)
     maps = np.load(maps_path)
     assert result.value_range == (float(maps.min()), float(maps.max()))
     with VideoReader(video) as reader:
         inputs = list(reader)
     written = probe(out)[1]
-    lo, hi = result.value_range
+    lo, hi = result.value_range[0], float(np.percentile(maps, 99))  # the images' colour scale, over all frames
     telling = 0
     for frame, heat, got in zip(inputs, maps, written, strict=True):
-        shared = np.asarray(render.overlay(Image.fromarray(frame), heat, 0.8, vmin=lo, vmax=hi), np.float32)
-        own = np.asarray(render.overlay(Image.fromarray(frame), heat, 0.8), np.float32)
+        shared = np.asarray(render.overlay(Image.fromarray(frame), heat, style, vmin=lo, vmax=hi), np.float32)
+        own = np.asarray(render.overlay(Image.fromarray(frame), heat, style), np.float32)
         expected, other = (shared, own) if normalize == "video" else (own, shared)
         assert np.abs(got - expected).mean() < 3.0  # what the near-lossless encoder leaves
         if np.abs(shared - own).mean() > 10:  # frames whose own range is far from the video's
@@ -211,7 +212,8 @@ def test_truncated_video_keeps_what_decodes_and_warns(tiny_dirs, tmp_path, caplo
     ("args", "message"),
     [
         (["--out", "out.avi"], "--out must end in .mp4 or .gif"),
-        (["--method", "bogus"], "method must be one of cls, rollout, aggregate"),
+        (["--method", "bogus"], "--method: unknown method 'bogus'"),
+        (["--method", "rollout", "--layer", "1"], "--layer: no chosen method (rollout) takes this option"),
         (["--normalize", "global"], "normalize must be one of video, frame"),
         (["--fps", "0"], "fps must be positive"),
         (["--layer", "7"], "layer 7 does not exist"),

@@ -33,6 +33,7 @@ from .cli_common import (
 )
 from .explain import DEFAULT_METHODS, ExplainOptions, explain_image
 from .io.images import ImageLoadError
+from .methods import check
 from .render.style import DEFAULT_CLIP
 
 app = typer.Typer(
@@ -62,6 +63,10 @@ def explain(
         raise fail("--top must be at least 0")
     paths = image_paths([Path(t) for t in tokens])
     vit = load_model(model, device)
+    try:
+        check(vit, specs)
+    except ValueError as err:
+        raise fail(str(err)) from None
     opts = ExplainOptions(methods=specs, labels=spec_labels(specs), size=size, style=style, top_k=top)
     failures, used = 0, set()
     start = time.perf_counter()

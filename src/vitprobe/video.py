@@ -33,7 +33,7 @@ from tqdm.auto import tqdm
 
 from . import render
 from .localize import default_short_side, whole_image_hw
-from .methods import attribute, get_method
+from .methods import attribute, check, get_method
 from .models.base import VitModel
 from .render.style import Style
 from .render.video import VideoError, VideoReader, VideoWriter, batched
@@ -114,6 +114,7 @@ def attention_video(
     that decodes to clearly fewer frames than its container states (truncated) gives a warning.
     """
     opts.check()
+    check(model, opts.method, **opts.params)
     start = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="vitprobe-video-") as tmp:
         raw = Path(tmp) / "maps.f32"

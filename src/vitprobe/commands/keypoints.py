@@ -33,7 +33,7 @@ from ..cli_common import (
 from ..evaluate import LocalizeOptions
 from ..io.images import ImageLoadError
 from ..localize import Localized, attribute_whole, localize
-from ..methods import Attribution
+from ..methods import Attribution, check
 from ..render.style import DEFAULT_CLIP, Style
 
 COORDINATES = (
@@ -83,6 +83,10 @@ def register(app: typer.Typer) -> None:
             raise fail("--fraction must be in (0, 1], --top-k and --short-side at least 1")
         paths = image_paths([Path(t) for t in tokens])
         vit = load_model(model, device)
+        try:
+            check(vit, name, **params)
+        except ValueError as err:
+            raise fail(str(err)) from None
         failures, used, records = 0, set(), []
         for path in tqdm(paths, desc="keypoints", unit="image", disable=len(paths) < 2):
             try:

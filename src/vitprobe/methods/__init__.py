@@ -1,6 +1,6 @@
 """Attribution methods, one file each, registered by name; ``attribute`` is the one verb."""
 
-from .attribute import MethodSpec, attribute, capture_for
+from .attribute import MethodSpec, attribute, capture_for, check
 from .base import (
     Attribution,
     Context,
@@ -28,6 +28,7 @@ __all__ = [
     "Result",
     "attribute",
     "capture_for",
+    "check",
     "get_method",
     "method_names",
     "methods",

@@ -53,17 +53,35 @@ def _prepare(model: VitModel, images, size: tuple[int, int] | None):
 
 def _context(subject: VitModel | Capture, layout) -> Context:
     if isinstance(subject, Capture):
-        return Context(layout, subject.n_layers or max(subject.layers) + 1, subject.model_name, capture=subject,
-                       pixels=subject.pixels)
-    return Context(layout, subject.num_layers, subject.name, model=subject)
+        recorded = [t for t in (subject.cls, *subject.full.values()) if t is not None]
+        heads = recorded[0].shape[2 if recorded[0] is subject.cls else 1] if recorded else None
+        return Context(layout, subject.n_layers or max(subject.layers) + 1, subject.model_name, heads,
+                       capture=subject, pixels=subject.pixels)
+    return Context(layout, subject.num_layers, subject.name, subject.num_heads, model=subject)
 
 
 def _plan(ctx: Context, chosen: list[tuple[Method, dict[str, Any]]], has_classifier: bool | None) -> Needs:
+    """The union of the methods' needs, after checking the model has what each requires and that every
+    head and layer parameter exists."""
     needs = Needs()
     for impl, p in chosen:
         impl.check_model(ctx.layout, has_classifier)
+        for param in impl.params:
+            head = p[param.name] if param.kind == "head" else None
+            if head is not None and ctx.n_heads is not None and head >= ctx.n_heads:
+                raise ValueError(f"head {head} does not exist: the model has {ctx.n_heads} heads")
         needs = needs | impl.needs(ctx, p)
     return needs
+
+
+def check(model: VitModel, method: MethodSpec | Sequence[MethodSpec], **params: Any) -> None:
+    """Raise ``ValueError`` (one line) when ``attribute(model, ..., method, **params)`` would refuse them:
+    an unknown method or parameter, a value out of range, a layer or head the model lacks, or a model
+    without what the method requires. Runs nothing; the input size is not known here, so a query patch
+    outside the grid is found only when images are attributed."""
+    chosen = _specs(method, params)
+    layout = model.layout((model.patch_size, model.patch_size))
+    _plan(_context(model, layout), chosen, bool(model.labels) or None)
 
 
 def capture_for(

@@ -213,11 +213,13 @@ class Result:
 @dataclass
 class Context:
     """What ``compute`` reads: the ``capture`` of the forward pass (None when no method needed one),
-    the ``layout``, and the ``model`` (None when attributing from an existing capture)."""
+    the ``layout``, the model's layer and head counts (``n_heads`` None when not known), and the
+    ``model`` (None when attributing from an existing capture)."""
 
     layout: TokenLayout
     n_layers: int
     model_name: str
+    n_heads: int | None = None
     capture: Capture | None = None
     model: VitModel | None = None
     pixels: torch.Tensor | None = None

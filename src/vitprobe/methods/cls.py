@@ -10,12 +10,10 @@ from .base import Context, Method, Needs, Result, register_method
 from .params import HEAD, HEAD_FUSION, LAYER
 
 
-def pick_heads(heads, p: dict[str, Any], num: str = "heads"):
+def pick_heads(heads, p: dict[str, Any]):
     """The one map of per-head maps (B, heads, H, W): head ``p["head"]``, or the heads fused by
     ``p["head_fusion"]``; with the words that say which."""
     if p["head"] is not None:
-        if p["head"] >= heads.shape[1]:
-            raise ValueError(f"head {p['head']} does not exist: the model has {heads.shape[1]} {num}")
         return heads[:, p["head"]], f"head {p['head']}"
     return fuse_heads(heads, p["head_fusion"]), f"heads fused by {p['head_fusion']}"
 
