@@ -9,7 +9,7 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from tests.test_fast import float64_distance, float64_entropy, float64_rollout
+from tests.test_streaming import float64_distance, float64_entropy, float64_rollout
 from vitprobe import bench
 from vitprobe.bench import Config, Measurement, ModelSpec
 from vitprobe.cli import app
@@ -28,48 +28,50 @@ def tiny(request) -> ModelSpec:
 def run(spec: ModelSpec, method: str, batch: int = 3) -> dict[str, torch.Tensor]:
     attn = "eager" if method in bench.EAGER else "sdpa"
     vit = spec.build(attn, torch.device("cpu"), torch.float32)
-    return bench.WORKLOADS[method](vit, bench.inputs(spec, batch, torch.device("cpu"), torch.float32))
+    return bench.WORKLOADS[method](vit, bench.inputs(spec, batch))
 
 
 def test_methods_give_the_same_maps(tiny):
-    seed, hooks, cls, full = (run(tiny, m) for m in ("seed", "hooks", "cls", "full"))
-    assert seed["cls"].shape == (3, 3, 4, 17) and seed["rollout"].shape == (3, 17)
-    assert bench.max_abs_diff(hooks, seed) <= 1e-5
-    assert bench.max_abs_diff(cls, seed) <= 1e-5
-    assert bench.max_abs_diff(full, seed) <= 1e-5
-    assert torch.allclose(full["rollout"], seed["rollout"], atol=1e-5)
-    assert (seed["cls"].amax() > 0.2).item()  # peaked attention: the comparison is not trivially uniform
+    seed, hooks, cls, rolled, full = (run(tiny, m) for m in ("seed", "hooks", "cls", "rollout", "full"))
+    assert seed["cls_grid"].shape == (3, 3, 4, 4, 4) and seed["rollout_grid"].shape == (3, 4, 4)
+    for other in (hooks, cls, rolled, full):
+        assert bench.max_abs_diff(other, seed) <= 1e-5
+    assert set(bench.COMPARED) & set(full) == {"cls_map_entropy", "rollout_entropy"}
+    assert set(bench.COMPARED) & set(cls) == {"cls_grid", "cls_map_entropy"} and "rollout_grid" in rolled
+    assert (seed["cls_grid"].amax() > 0.2).item()  # peaked attention: the comparison is not trivially uniform
 
 
 def test_full_workload_statistics_match_float64(tiny):
-    """Entropy of every row, distance and rollout of (d) against float64 from eager attentions."""
+    """What analyze computes per batch, against float64 from eager attentions of the same preprocessed input."""
     vit = tiny.build("eager", torch.device("cpu"), torch.float32)
-    pixels = bench.inputs(tiny, 2, torch.device("cpu"), torch.float32)
+    images = bench.inputs(tiny, 2)
+    pixels, _, _ = vit.prepare(images)
     with torch.no_grad():
         attentions = [a.numpy() for a in vit.module(pixel_values=pixels, output_attentions=True).attentions]
     full = run(tiny, "full", batch=2)
     layout = vit.layout((tiny.image, tiny.image))
     for layer, attn in enumerate(attentions):
-        np.testing.assert_allclose(full["entropy"][layer].numpy(), float64_entropy(attn), atol=1e-5)
-        np.testing.assert_allclose(full["distance"][layer].numpy(), float64_distance(attn, layout, False), rtol=1e-5)
-        np.testing.assert_allclose(full["cls_entropy"][layer].numpy(), float64_entropy(attn[:, :, 0]), atol=1e-5)
+        np.testing.assert_allclose(full["entropy_rows"][layer].numpy(), float64_entropy(attn).mean(-1), atol=1e-5)
+        np.testing.assert_allclose(full["mean_attention_distance"][layer].numpy(),
+                                   float64_distance(attn, layout, False), rtol=1e-5)
+        np.testing.assert_allclose(full["entropy_cls"][layer].numpy(), float64_entropy(attn[:, :, 0]), atol=1e-5)
     fused = np.stack([a.mean(axis=1) for a in attentions])
-    np.testing.assert_allclose(full["rollout"].numpy(), float64_rollout(fused, 0), atol=1e-6)
-    assert full["heads_max"].shape == (3, 2, 4, 4) and full["layers_min"].shape == (2, 4, 4)
+    patches = float64_rollout(fused, 0)[:, 1:]
+    p = patches / patches.sum(-1, keepdims=True)
+    np.testing.assert_allclose(full["rollout_entropy"].numpy(), -(p * np.log(p)).sum(-1), rtol=1e-5)
 
 
 def test_inputs_do_not_depend_on_batch_size():
     spec = TINY["vit"]
-    cpu = torch.device("cpu")
-    assert torch.equal(bench.inputs(spec, 1, cpu, torch.float32)[0], bench.inputs(spec, 4, cpu, torch.float32)[0])
+    assert np.array_equal(bench.inputs(spec, 1)[0], bench.inputs(spec, 4)[0])
+    assert bench.inputs(spec, 2)[0].dtype == np.uint8  # images, so every workload counts its preprocessing
 
 
 def test_eager_only_methods_refuse_fused_attention():
     vit = TINY["vit"].build("sdpa", torch.device("cpu"), torch.float32)
-    pixels = bench.inputs(TINY["vit"], 1, torch.device("cpu"), torch.float32)
     for method in bench.EAGER:
         with pytest.raises(bench.CaptureError, match="eager"):
-            bench.WORKLOADS[method](vit, pixels)
+            bench.WORKLOADS[method](vit, bench.inputs(TINY["vit"], 1))
 
 
 def test_memory_arithmetic():
@@ -80,6 +82,7 @@ def test_memory_arithmetic():
     cap = 20 * 2**30
     assert bench.estimate_bytes(large, 8, "seed") > cap > bench.estimate_bytes(large, 8, "full")
     assert bench.estimate_bytes(large, 8, "cls") < bench.estimate_bytes(large, 8, "full")
+    assert bench.estimate_bytes(large, 8, "rollout") == bench.estimate_bytes(large, 8, "full")
 
 
 def test_oversized_run_is_reported_not_started(tmp_path):
@@ -89,15 +92,15 @@ def test_oversized_run_is_reported_not_started(tmp_path):
 
 
 def test_child_processes_measure_and_compare(tmp_path):
-    cfg = Config(models=[TINY["dinov2"]], batches=[2], methods=("plain", "seed", "full"), repeats=1,
+    cfg = Config(models=[TINY["dinov2"]], batches=[2], methods=("plain", "seed", "rollout", "full"), repeats=1,
                  workdir=tmp_path)
     lines: list[str] = []
     report = bench.run_benchmark(cfg, echo=lines.append)
     rows = [line for line in report.splitlines() if line.startswith("| tiny-dinov2")]
-    assert len(rows) == 3 and "Machine:" in report and lines
+    assert len(rows) == 4 and "Machine:" in report and lines
     cells = [row.split("|") for row in rows]
     assert all(float(c[5]) > 0 and float(c[8]) > 0.1 for c in cells)  # images/s, peak RSS in GB
-    assert cells[0][9].strip() == "–" and float(cells[2][9]) <= 1e-5  # plain has no maps; full equals seed
+    assert cells[0][9].strip() == "–" and all(float(c[9]) <= 1e-5 for c in cells[2:])  # plain: no maps
 
 
 def test_update_results_replaces_only_its_block(tmp_path):
@@ -110,24 +113,23 @@ def test_update_results_replaces_only_its_block(tmp_path):
     assert text.index("below") < text.index("gpu table")
 
 
-def test_targets_are_checked_at_batch_eight():
+def test_targets_are_checked():
     def m(method, ratio):
         return Measurement(method, seconds=1.0, ratio=ratio)
 
     table = {
-        ("DINOv2-S/14", 8, "float32"): {"plain": m("plain", 1.0), "seed": m("seed", 0.2), "cls": m("cls", 0.95),
+        ("DINOv2-S/14", 8, "float32"): {"plain": m("plain", 1.0), "seed": m("seed", 0.2), "cls": m("cls", 0.98),
                                         "full": m("full", 0.67)},
-        ("ViT-B/16", 8, "float32"): {"plain": m("plain", 1.0), "cls": m("cls", 0.83), "full": m("full", 0.5)},
-        ("ViT-B/16", 1, "float32"): {"plain": m("plain", 1.0), "cls": m("cls", 0.1)},
+        ("DINOv2-L/14", 8, "float32"): {"plain": m("plain", 1.0), "full": m("full", 0.81)},
+        ("ViT-B/16", 1, "float32"): {"plain": m("plain", 1.0), "cls": m("cls", 0.9), "full": m("full", 0.1)},
     }
-    lines = bench.check_targets(table, "cpu")
-    assert lines == [
-        "- DINOv2-S/14 b8 float32 cls: 0.95× (a), target ≥ 0.90: met",
-        "- DINOv2-S/14 b8 float32 full: 0.67× (a), target ≥ 0.70: MISSED",
-        "- DINOv2-S/14 b8 full vs (b): 3.35× faster, target ≥ 4: MISSED",
-        "- ViT-B/16 b8 float32 cls: 0.83× (a), target ≥ 0.90: MISSED",
+    assert bench.check_targets(table, "cpu") == [
+        "- DINOv2-S/14 b8 float32 cls: 0.98× (a), target ≥ 0.97: met",
+        "- DINOv2-S/14 b8 float32 full: 0.67× (a), target ≥ 0.85: MISSED",
+        "- DINOv2-S/14 b8 float32 full vs (b): 3.35× faster",
+        "- DINOv2-L/14 b8 float32 full: 0.81× (a), target ≥ 0.80: met",
+        "- ViT-B/16 b1 float32 cls: 0.90× (a), target ≥ 0.97: MISSED",
     ]
-    assert bench.check_targets(table, "cuda")[1] == "- DINOv2-S/14 b8 float32 full: 0.67× (a), target ≥ 0.85: MISSED"
 
 
 def test_config_rejects_unknown_names():

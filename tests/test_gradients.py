@@ -11,10 +11,10 @@ from scipy.stats import spearmanr
 import vitprobe
 from tests import timm_models as tm
 from vitprobe.analysis import gradients
-from vitprobe.targets import attention_gradients, resolve_target
 from vitprobe.layout import TokenLayout
 from vitprobe.models import timm as timm_adapter
 from vitprobe.models.hf import load_hf
+from vitprobe.targets import attention_gradients, resolve_target
 
 needs_timm = pytest.mark.skipif(tm.TORCHVISION is None, reason=tm.SKIP_REASON)
 
@@ -247,7 +247,8 @@ def test_head_randomisation_leaves_raw_attention_and_rollout_identical():
     cap, cap_other = model.capture_pixels(pixels), other_head.capture_pixels(pixels)
     assert not torch.allclose(cap.logits, cap_other.logits)
     for method in ("cls", "layers", "rollout"):
-        assert torch.equal(vitprobe.attribute(cap, method=method).maps, vitprobe.attribute(cap_other, method=method).maps)
+        ours, theirs = (vitprobe.attribute(c, method=method).maps for c in (cap, cap_other))
+        assert torch.equal(ours, theirs)
     assert torch.equal(cap.cls, cap_other.cls)
     for method in gradients.KINDS:
         a = class_maps_pixels(model, pixels, method=method, target=0).maps

@@ -165,9 +165,10 @@ def test_evaluate_reports_missing_and_mismatched_images_and_scores_the_rest(tiny
     assert "1 image;" in result.stdout and "pointing game" in result.stdout and "(fused map)" in result.stdout
 
 
-@pytest.mark.parametrize(("args", "message"), [(["--short-side", "0"], "--short-side"), (["--masks", "x"], "--masks"),
-                                               (["--alpha", "0"], "--alpha"), (["--patch", "1,1"], "--patch: no chosen"),
-                                               (["--method", "rollout", "extra.png"], "unexpected argument")])
+@pytest.mark.parametrize(("args", "message"), [
+    (["--short-side", "0"], "--short-side"), (["--masks", "x"], "--masks"), (["--alpha", "0"], "--alpha"),
+    (["--patch", "1,1"], "--patch: no chosen"), (["--method", "rollout", "extra.png"], "unexpected argument"),
+])
 def test_evaluate_bad_options_fail_with_one_line(tiny_dirs, photos, tmp_path, args, message):
     result = runner.invoke(app, ["evaluate", "--annotations", str(ANNOTATIONS), "--images", str(photos[0].parent),
                                  "--model", str(tiny_dirs["vit"]), *args])

@@ -25,7 +25,7 @@ from typer.testing import CliRunner
 import vitprobe as vp
 from tests.corpus import make_bad_corpus
 from vitprobe.cli import app
-from vitprobe.web.app import DISPLAY_MAX, DemoBackend, DemoError, View, click_to_patch, new_state
+from vitprobe.web.app import DISPLAY_MAX, DemoBackend, DemoError, View, click_to_patch, control_names, new_state
 
 
 @pytest.fixture(scope="module")
@@ -43,11 +43,11 @@ def backend(tiny_dirs, tmp_path_factory) -> DemoBackend:
 
 
 def controls(spec: str, **changes) -> list:
-    """Control values in ``CONTROLS`` order, the page's defaults unless changed."""
-    values = {"model": spec, "method": "CLS map", "layer": 2, "heads": "mean", "layer_fusion": "mean",
-              "discard_ratio": 0.0, "alpha": 0.5, "cmap": "inferno", "clip": 99.0,
-              "keypoints": False, **changes}
-    return list(values.values())
+    """Control values in ``control_names()`` order, the page's defaults unless changed."""
+    values = {"model": spec, "method": "cls", "layer": 2, "head": "fused", "head_fusion": "mean",
+              "layer_fusion": "mean", "discard_ratio": 0.0, "patch": "", "target": "", "alpha": 0.5,
+              "cmap": "inferno", "clip": 99.0, "keypoints": False, **changes}
+    return [values[name] for name in control_names()]
 
 
 def test_models_only_from_the_allow_list(backend, tmp_path):
@@ -92,18 +92,22 @@ def test_upload_limits_and_bad_images_give_one_line(tiny_dirs, photo, tmp_path):
     assert list((tmp_path / "w2" / "uploads").iterdir()) == list((tmp_path / "w3" / "uploads").iterdir()) == []
 
 
+def cls_rows(model, img) -> torch.Tensor:
+    """Every layer's per-head CLS attention over the patches (L, heads, H, W), from a plain capture."""
+    cap = model.capture(img)
+    return cap.cls[:, 0, :, 1:].reshape(cap.cls.shape[0], cap.cls.shape[2], *cap.layout.grid_hw)
+
+
 @pytest.mark.parametrize(
     ("view", "expected"),
     [
-        (View("CLS map", layer=1, heads="head 2"), lambda m, img: vp.cls_attention(m.capture(img))[1, 0, 2]),
-        (View("CLS map", layer=-1, heads="max"),
-         lambda m, img: vp.fuse_heads(vp.cls_attention(m.capture(img))[2, 0], "max")),
-        (View("Query patch", layer=0, heads="mean", query=(1, 2)),
-         lambda m, img: vp.query_attention(m.capture(img, full_layers=[0]), (1, 2), 0)[0].mean(0)),
-        (View("Rollout", heads="min", discard_ratio=0.5),
-         lambda m, img: vp.rollout(m.capture(img, fuse=("min",)), 0.5, "min")[0]),
-        (View("Layer aggregation", heads="mean", layer_fusion="max"),
-         lambda m, img: vp.aggregate_layers(vp.fuse_heads(vp.cls_attention(m.capture(img))[:, 0], "mean"), "max")),
+        (View("cls", {"layer": 1, "head": 2}), lambda m, img: cls_rows(m, img)[1, 2]),
+        (View("cls", {"layer": -1, "head_fusion": "max"}), lambda m, img: cls_rows(m, img)[2].amax(0)),
+        (View("query", {"layer": 0, "patch": (1, 2)}),
+         lambda m, img: m.capture(img, full_layers=[0]).full[0][0, :, 1 + 1 * 4 + 2, 1:].mean(0).reshape(4, 4)),
+        (View("rollout", {"head_fusion": "min", "discard_ratio": 0.5}),
+         lambda m, img: vp.attribute(m, img, method="rollout", head_fusion="min", discard_ratio=0.5).maps[0]),
+        (View("layers", {"layer_fusion": "max"}), lambda m, img: cls_rows(m, img).mean(1).amax(0)),
     ],
 )
 def test_render_draws_the_chosen_map(backend, tiny_dirs, photo, view, expected):
@@ -120,10 +124,27 @@ def test_render_draws_the_chosen_map(backend, tiny_dirs, photo, view, expected):
 
 def test_render_rejects_bad_views(backend, tiny_dirs, photo):
     spec, key = str(tiny_dirs["vit"]), backend.store_upload(photo)
-    for view, message in [(View(heads="head 9"), "head 0..3"), (View(layer=5), "layer 5 does not exist"),
-                          (View("Query patch", query=(4, 0)), "outside the 4×4 grid")]:
-        with pytest.raises(DemoError, match=re.escape(message)):
+    for view, message in [(View("cls", {"head": 9}), "head 9 does not exist"),
+                          (View("cls", {"layer": 5}), "layer 5 does not exist"),
+                          (View("query", {"patch": (4, 0)}), "outside the 4x4 grid"),
+                          (View("bogus"), "unknown method 'bogus'")]:
+        with pytest.raises((ValueError, IndexError), match=re.escape(message)):
             backend.render(spec, key, view)
+
+
+def test_captures_are_reused_across_layers_and_methods(backend, tiny_dirs, photo, monkeypatch):
+    spec, key = str(tiny_dirs["vit"]), backend.store_upload(photo)
+    model = backend.model(spec)
+    backend.render(spec, key, View("cls", {"layer": 0}))
+    calls = []
+    forward = model.forward
+    monkeypatch.setattr(model, "forward", lambda pixels: calls.append(1) or forward(pixels))
+    for view in (View("cls", {"layer": 2}), View("layers", {"layer_fusion": "min"}), View("cls", {"head": 1})):
+        backend.render(spec, key, view)
+    assert calls == []  # every layer's CLS rows were recorded the first time
+    backend.render(spec, key, View("rollout"))
+    backend.render(spec, key, View("rollout", {"discard_ratio": 0.3}))
+    assert len(calls) == 1
 
 
 def test_click_to_patch_maps_pixels_to_the_grid():
@@ -136,11 +157,12 @@ def test_click_to_patch_maps_pixels_to_the_grid():
 
 
 def test_downloads_hold_the_map_and_the_figure(backend, tiny_dirs, photo):
-    rendered = backend.render(str(tiny_dirs["vit"]), backend.store_upload(photo), View("CLS map", heads="head 1"))
+    rendered = backend.render(str(tiny_dirs["vit"]), backend.store_upload(photo), View("cls", {"head": 1}))
     npz_path, png_path = backend.downloads(rendered)
     with np.load(npz_path) as maps:
         np.testing.assert_array_equal(maps["map"], rendered.heat.numpy())
-        assert maps["per_head"].shape == (4, 4, 4) and list(maps["layers"]) == [0, 1, 2]
+        np.testing.assert_array_equal(maps["heads"][1], rendered.heat.numpy())
+        assert maps["heads"].shape == (4, 4, 4)
     with Image.open(png_path) as figure:
         assert figure.format == "PNG" and figure.width > 300
 
@@ -170,8 +192,8 @@ def test_upload_handler_removes_gradios_copy_and_draws(handlers, tiny_dirs, phot
     assert state["image"].startswith("upload:") and state["shown"] == [451, 300, 4, 4]
     assert isinstance(overlay, Image.Image) and isinstance(figure, Image.Image)
     assert files["visible"] is False and files["value"] is None  # no stale downloads of another view
-    assert re.fullmatch(r".*vit, 4×4 patches of 8 px: CLS attention, layer 2, mean; values \S+ to \S+, "
-                        r"colours saturate above the 99th percentile", status)
+    assert re.fullmatch(r".*vit, 4×4 patches of 8 px: CLS attention, layer 2, heads fused by mean; values \S+ to "
+                        r"\S+, colours saturate above the 99th percentile", status)
     handlers.upload(str(photo), new_state(), *controls(str(tiny_dirs["vit"])))
     assert photo.exists()  # a file outside gradio's upload folder is never deleted
 
@@ -205,19 +227,36 @@ def test_unexpected_failure_shows_no_traceback(handlers, tiny_dirs, monkeypatch)
 def test_click_handler_switches_to_the_clicked_patch(handlers, tiny_dirs, photo):
     spec = str(tiny_dirs["vit"])
     state = handlers.upload(str(photo), new_state(), *controls(spec))[0]
-    method, state, overlay, _, status, _ = handlers.click((440, 10), state, *controls(spec, layer=1))
-    assert method == "Query patch" and state["query"] == (0, 3)
-    assert "attention of patch (row 0, col 3), layer 1, mean" in status
-    expected = vp.query_attention(handlers.backend.model(spec).capture(photo, full_layers=[1]), (0, 3), 1)[0]
-    torch.testing.assert_close(handlers.backend.render(spec, state["image"], View("Query patch", layer=1, query=(0, 3)))
-                               .heat, expected.mean(0), rtol=0, atol=1e-6)
+    method, *updates = handlers.click((440, 10), state, *controls(spec, layer=1))
+    state, overlay, _, status, _ = updates[-5:]
+    shown = dict(zip(vp_params(), updates[:-5], strict=True))
+    assert method == "query" and shown["patch"]["value"] == "0,3" and shown["patch"]["visible"]
+    assert not shown["discard_ratio"]["visible"] and shown["layer"]["visible"]
+    assert "attention of patch (row 0, col 3), layer 1, heads fused by mean" in status
+    expected = vp.attribute(handlers.backend.model(spec), photo, method="query", layer=1, patch=(0, 3)).maps[0]
+    drawn = handlers.backend.render(spec, state["image"], View("query", {"layer": 1, "patch": (0, 3)}))
+    torch.testing.assert_close(drawn.heat, expected, rtol=0, atol=1e-6)
+
+
+def vp_params() -> list[str]:
+    from vitprobe.web.app import method_params
+
+    return list(method_params())
+
+
+def test_method_change_shows_only_its_controls(handlers, tiny_dirs, photo):
+    spec = str(tiny_dirs["vit"])
+    state = handlers.upload(str(photo), new_state(), *controls(spec))[0]
+    *updates, state, _, _, status, _ = handlers.change_method(state, *controls(spec, method="rollout"))
+    visible = {name for name, update in zip(vp_params(), updates, strict=True) if update["visible"]}
+    assert visible == {"head_fusion", "discard_ratio"} and status.split(": ", 1)[1].startswith("rollout")
 
 
 def test_model_change_fits_the_controls_and_download_handler(handlers, tiny_dirs, photo):
     vit, deit = str(tiny_dirs["vit"]), str(tiny_dirs["deit"])
     state = handlers.upload(str(photo), new_state(), *controls(vit))[0]
-    layer, heads, state, _, _, status, _ = handlers.change_model(state, *controls(deit, heads="head 3"))
-    assert layer["maximum"] == 2 and heads["choices"] == ["mean", "max", "min", "head 0", "head 1", "head 2", "head 3"]
+    layer, heads, state, _, _, status, _ = handlers.change_model(state, *controls(deit, head="3"))
+    assert layer["maximum"] == 2 and heads["choices"] == ["fused", "0", "1", "2", "3"]
     assert status.startswith(deit) and "head 3" in status
     files, message = handlers.download(state, *controls(deit))
     assert [Path(f).name for f in files["value"]] == ["maps.npz", "figure.png"] and files["visible"]
@@ -269,18 +308,18 @@ def test_page_in_a_real_browser(tiny_dirs, photo, tmp_path, monkeypatch):
 
                 page.set_input_files("input[type=file]", str(photo))
                 src_last, last_layer = overlay_after(None)
-                assert "CLS attention, layer 2, mean" in page.inner_text("#status")
-                page.fill("#layer input[type=number]", "0")
-                page.press("#layer input[type=number]", "Enter")
+                assert "CLS attention, layer 2, heads fused by mean" in page.inner_text("#status")
+                page.fill("#param-layer input[type=number]", "0")
+                page.press("#param-layer input[type=number]", "Enter")
                 src_first, first_layer = overlay_after(src_last)
-                assert "CLS attention, layer 0, mean" in page.inner_text("#status")
+                assert "CLS attention, layer 0, heads fused by mean" in page.inner_text("#status")
                 assert first_layer.shape == last_layer.shape == (300, 451, 3)
                 assert np.abs(first_layer.astype(float) - last_layer).mean() > 2  # another layer, another map
                 box = page.locator("#overlay img").bounding_box()
                 page.mouse.click(box["x"] + 0.1 * box["width"], box["y"] + 0.9 * box["height"])
                 overlay_after(src_first)
                 assert "attention of patch (row 3, col 0), layer 0" in page.inner_text("#status")
-                assert page.is_checked("#method input[value='Query patch']")
+                assert page.is_checked("#method input[value='query']")
                 page.screenshot(path=str(tmp_path / "demo.png"), full_page=True)
                 (tmp_path / "bad.png").write_bytes(b"\x89PNG\r\n\x1a\n broken")
                 page.set_input_files("input[type=file]", str(tmp_path / "bad.png"))

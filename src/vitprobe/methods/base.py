@@ -286,7 +286,8 @@ _loaded = False
 
 
 def register_method(cls: type[Method]) -> type[Method]:
-    """Class decorator: register a method under ``cls.name`` (names are unique)."""
+    """Class decorator: register a method under ``cls.name`` (names are unique, the built-in ones included)."""
+    _load_builtin()
     name = getattr(cls, "name", "")
     if not name or not name.replace("_", "").isalnum() or name != name.lower():
         raise ValueError(f"method name {name!r} must be a short lower-case word")
