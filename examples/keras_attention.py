@@ -21,8 +21,6 @@ import numpy as np
 from PIL import Image
 
 import vitprobe as vp
-from vitprobe.analysis.fast import MeanDistance
-from vitprobe.io.samples import write_samples
 
 parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
 parser.add_argument("scores", nargs="?", type=Path, help="npz of attention_score_dict")
@@ -34,7 +32,7 @@ out = Path("keras_out")
 out.mkdir(exist_ok=True)
 
 if args.scores is None:  # stand-in for the Keras session: the same dict format, from a PyTorch model
-    photo = write_samples(out, ["chelsea"])[0]
+    photo = vp.write_samples(out, ["chelsea"])[0]
     model = vp.load()
     cap = model.capture(photo, size=(224, 224), full_layers=range(model.num_layers))
     args.scores, args.image, args.patch_size = out / "scores.npz", out / "seen.png", model.patch_size
@@ -46,16 +44,15 @@ scores = dict(np.load(args.scores))
 print({name: array.shape for name, array in list(scores.items())[:2]}, "...")
 cap = vp.from_attentions(
     scores, prefix_tokens=args.prefix_tokens, patch_size=args.patch_size, images=[args.image],
-    reducers={"distance": MeanDistance()},
+    reducers={"distance": vp.MeanDistance()},
 )
 print("layout:", cap.layout, "layers:", len(cap.layers))
 
-# Every analysis and renderer works on it: rollout, per-head CLS maps, attention distance.
-heat = vp.rollout(cap, discard_ratio=0.9)[0]  # (H, W)
+# Every method, analysis and renderer works on it: rollout, per-head CLS maps, attention distance.
+heat = vp.attribute(cap, method="rollout", discard_ratio=0.9).maps[0]  # (H, W)
 vp.render.overlay(cap.images[0], heat).save(out / "rollout.png")
-last = vp.cls_attention(cap, layers=[-1])[0, 0]  # (heads, H, W)
-fig = vp.render.head_grid(cap.images[0], last, title="CLS attention, last block", extra={"rollout": heat})
-vp.render.save_figure(fig, out / "cls_heads.png")
+last = vp.attribute(cap, method="cls")  # last block, detail "heads" (B, heads, H, W)
+vp.render.save_figure(vp.render.attribution_figure(last), out / "cls_heads.png")
 distance = cap.reduced["distance"][:, 0]  # (layers, heads) in input pixels
 for layer, heads in enumerate(distance):
     spread = f"heads {heads.min():.0f}-{heads.max():.0f}"

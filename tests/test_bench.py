@@ -126,7 +126,7 @@ def test_targets_are_checked():
     assert bench.check_targets(table, "cpu") == [
         "- DINOv2-S/14 b8 float32 cls: 0.98× (a), target ≥ 0.97: met",
         "- DINOv2-S/14 b8 float32 full: 0.67× (a), target ≥ 0.85: MISSED",
-        "- DINOv2-S/14 b8 float32 full vs (b): 3.35× faster",
+        "- DINOv2-S/14 b8 float32 full: 3.35× the speed of (b)",
         "- DINOv2-L/14 b8 float32 full: 0.81× (a), target ≥ 0.80: met",
         "- ViT-B/16 b1 float32 cls: 0.90× (a), target ≥ 0.97: MISSED",
     ]

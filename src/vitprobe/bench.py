@@ -476,7 +476,7 @@ def check_targets(table: dict[tuple[str, int, str], dict[str, Measurement]], dev
                          f"{'met' if m.ratio >= goal else 'MISSED'}")
         seed, full = by.get("seed"), by.get("full")
         if seed and full and seed.ratio and full.ratio:
-            lines.append(f"- {name} b{batch} {dtype} full vs (b): {full.ratio / seed.ratio:.2f}× faster")
+            lines.append(f"- {name} b{batch} {dtype} full: {full.ratio / seed.ratio:.2f}× the speed of (b)")
     return lines
 
 
