@@ -45,7 +45,7 @@ def test_several_methods_share_one_forward_pass(tiny_dirs, monkeypatch):
     torch.testing.assert_close(cls.detail["heads"][0].flatten(-2), cap.cls[1, 0, :, 1:], rtol=0, atol=0)
     torch.testing.assert_close(query.detail["heads"][0, :, :, :].flatten(-2),
                                cap.full[1][0, :, cap.layout.patch_index(1, 2), 1:], rtol=0, atol=0)
-    assert query.marks == [(1, 2)] and cls.params["layer"] == 1 and layers.detail["layers"].shape == (1, 3, 4, 4)
+    assert query.marks == [[(1, 2)]] and cls.params["layer"] == 1 and layers.detail["layers"].shape == (1, 3, 4, 4)
     assert rolled.maps.shape == (1, 4, 4)
 
 
@@ -114,3 +114,18 @@ def test_explain_query_patch(tiny_dirs, tmp_path):
     assert summary["methods"][0]["title"] == "attention of patch (row 1, col 3), layer 2, heads fused by mean"
     bad = CliRunner().invoke(app, [*args, "--patch", "9,0"])
     assert bad.exit_code == 2 and "outside the 4x4 grid" in bad.output
+
+
+def test_query_point_in_original_pixels_follows_the_crop(tiny_dirs):
+    """A 40x80 photo, short side to 32 then centre crop 32x32: original columns 20..60 are seen, 1.25 px per
+    input pixel; (x 52, y 10) is input (x 25.6, y 8), the patch (row 1, col 3) of 8-px patches."""
+    model = vp.load(str(tiny_dirs["vit"]))
+    model.preprocess = model.preprocess.__class__(shortest_edge=32, resize_hw=None, crop_hw=(32, 32))
+    image = photo(hw=(40, 80))
+    by_point = vp.attribute(model, image, method="query", query_xy=(52, 10))
+    by_patch = vp.attribute(model, image, method="query", patch=(1, 3))
+    torch.testing.assert_close(by_point.maps, by_patch.maps, rtol=0, atol=0)
+    assert by_point.marks == [[pytest.approx((0.5, 2.7))]]  # the cross sits on the point, not the patch centre
+    assert "point (x 52, y 10)" in by_point.title
+    with pytest.raises(ValueError, match="outside the part of the image the model saw"):
+        vp.attribute(model, image, method="query", query_xy=(10, 10))

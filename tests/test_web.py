@@ -45,7 +45,7 @@ def backend(tiny_dirs, tmp_path_factory) -> DemoBackend:
 def controls(spec: str, **changes) -> list:
     """Control values in ``control_names()`` order, the page's defaults unless changed."""
     values = {"model": spec, "method": "cls", "layer": 2, "head": "fused", "head_fusion": "mean",
-              "layer_fusion": "mean", "discard_ratio": 0.0, "patch": "", "target": "", "alpha": 0.5,
+              "layer_fusion": "mean", "discard_ratio": 0.0, "patch": "", "query_xy": "", "target": "", "alpha": 0.5,
               "cmap": "inferno", "clip": 99.0, "keypoints": False, **changes}
     return [values[name] for name in control_names()]
 

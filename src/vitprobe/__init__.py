@@ -1,22 +1,13 @@
-"""vitprobe: see what Vision Transformers attend to, and measure it."""
+"""vitprobe: see what Vision Transformers attend to, and measure it.
 
-from . import render
-from .analysis.distance import MeanDistance, mean_attention_distance
-from .analysis.embeddings import patch_filters, position_similarity
-from .analysis.entropy import RowEntropy, map_entropy, rows_entropy, spread_levels
-from .analysis.keypoints import find as find_keypoints
-from .analysis.maps import aggregate_layers, fuse_heads
-from .analysis.masks import mass_masks
-from .analysis.thresholds import Threshold
-from .analysis.tokens import artifact_counts
-from .analysis.upsample import upsample_map
-from .byo import from_attentions
-from .capture import AttentionBlock, Capture, CaptureError, RowReducer
-from .evaluate import LocalizeOptions
-from .io.images import ImageLoadError, load_image
-from .io.samples import SAMPLE_NAMES, write_samples
-from .layout import TokenLayout
-from .localize import localize
+The methods registry (``attribute``, ``methods``, ``register_method``, ...) is imported at once; every
+other name is imported on first use, so ``vitprobe --help`` and ``import vitprobe`` stay fast and
+load torch only when something needs it.
+"""
+
+from importlib import import_module, metadata
+from typing import Any
+
 from .methods import (
     Attribution,
     Method,
@@ -32,57 +23,111 @@ from .methods import (
     methods,
     register_method,
 )
-from .models import UnsupportedModelError, VitModel, families, load
-from .render.style import Style
-from .runner import AnalyzeOptions, run_analysis
+
+__version__ = metadata.version("vitprobe")
+
+_LAZY: dict[str, tuple[str, str | None]] = {
+    "aggregate_layers": (".analysis.maps", "aggregate_layers"),
+    "AnalyzeOptions": (".runner", "AnalyzeOptions"),
+    "artifact_counts": (".analysis.tokens", "artifact_counts"),
+    "AttentionBlock": (".capture", "AttentionBlock"),
+    "Capture": (".capture", "Capture"),
+    "CaptureError": (".capture", "CaptureError"),
+    "families": (".models", "families"),
+    "find_keypoints": (".analysis.keypoints", "find"),
+    "from_attentions": (".byo", "from_attentions"),
+    "fuse_heads": (".analysis.maps", "fuse_heads"),
+    "ImageLoadError": (".io.images", "ImageLoadError"),
+    "load": (".models", "load"),
+    "load_image": (".io.images", "load_image"),
+    "localize": (".localize", "localize"),
+    "LocalizeOptions": (".evaluate", "LocalizeOptions"),
+    "map_entropy": (".analysis.entropy", "map_entropy"),
+    "mass_masks": (".analysis.masks", "mass_masks"),
+    "mean_attention_distance": (".analysis.distance", "mean_attention_distance"),
+    "MeanDistance": (".analysis.distance", "MeanDistance"),
+    "patch_filters": (".analysis.embeddings", "patch_filters"),
+    "position_similarity": (".analysis.embeddings", "position_similarity"),
+    "render": (".render", None),
+    "RowEntropy": (".analysis.entropy", "RowEntropy"),
+    "RowReducer": (".capture", "RowReducer"),
+    "rows_entropy": (".analysis.entropy", "rows_entropy"),
+    "run_analysis": (".runner", "run_analysis"),
+    "SAMPLE_NAMES": (".io.samples", "SAMPLE_NAMES"),
+    "spread_levels": (".analysis.entropy", "spread_levels"),
+    "Style": (".render.style", "Style"),
+    "Threshold": (".analysis.thresholds", "Threshold"),
+    "TokenLayout": (".layout", "TokenLayout"),
+    "UnsupportedModelError": (".models", "UnsupportedModelError"),
+    "upsample_map": (".analysis.upsample", "upsample_map"),
+    "VitModel": (".models", "VitModel"),
+    "write_samples": (".io.samples", "write_samples"),
+}
+"""Public name -> (module, attribute in it; None: the module itself)."""
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _LAZY:
+        raise AttributeError(f"module 'vitprobe' has no attribute {name!r}")
+    module, attr = _LAZY[name]
+    value = import_module(module, __name__)
+    value = value if attr is None else getattr(value, attr)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(__all__)
+
 
 __all__ = [
-    "SAMPLE_NAMES",
+    "__version__",
+    "aggregate_layers",
     "AnalyzeOptions",
+    "artifact_counts",
     "AttentionBlock",
+    "attribute",
     "Attribution",
     "Capture",
-    "CaptureError",
-    "ImageLoadError",
-    "LocalizeOptions",
-    "MeanDistance",
-    "Method",
-    "MissingCapture",
-    "Needs",
-    "Param",
-    "Result",
-    "RowEntropy",
-    "RowReducer",
-    "Style",
-    "Threshold",
-    "TokenLayout",
-    "UnsupportedModelError",
-    "VitModel",
-    "aggregate_layers",
-    "artifact_counts",
-    "attribute",
     "capture_for",
+    "CaptureError",
     "check",
     "families",
     "find_keypoints",
     "from_attentions",
     "fuse_heads",
     "get_method",
+    "ImageLoadError",
     "load",
     "load_image",
     "localize",
+    "LocalizeOptions",
     "map_entropy",
     "mass_masks",
     "mean_attention_distance",
+    "MeanDistance",
+    "Method",
     "method_names",
     "methods",
+    "MissingCapture",
+    "Needs",
+    "Param",
     "patch_filters",
     "position_similarity",
     "register_method",
     "render",
+    "Result",
+    "RowEntropy",
+    "RowReducer",
     "rows_entropy",
     "run_analysis",
+    "SAMPLE_NAMES",
     "spread_levels",
+    "Style",
+    "Threshold",
+    "TokenLayout",
+    "UnsupportedModelError",
     "upsample_map",
+    "VitModel",
     "write_samples",
 ]

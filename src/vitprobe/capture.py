@@ -61,7 +61,12 @@ class AttentionSite:
     qk_transform: Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]] | None = None
 
 
-@dataclass
+def shape_of(value: torch.Tensor | None) -> str:
+    """(a, b, c) of a tensor, for short reprs; "none" without one."""
+    return "none" if value is None else "(" + ", ".join(str(n) for n in value.shape) + ")"
+
+
+@dataclass(repr=False)
 class Capture:
     """What one capture recorded, stacked over the recorded layers.
 
@@ -90,6 +95,19 @@ class Capture:
     pixels: torch.Tensor | None = None
     n_layers: int | None = None
 
+    def __repr__(self) -> str:
+        parts = [f"images={self.batch_size}", f"layers={_span(self.layers)}", f"grid={self.layout.grid_hw}",
+                 f"prefix={self.layout.prefix_names}", f"cls={shape_of(self.cls)}"]
+        parts += [f"fused[{how!r}]={shape_of(t)}" for how, t in self.fused.items()]
+        if self.full:
+            parts.append(f"full={_span(sorted(self.full))}: {shape_of(next(iter(self.full.values())))}")
+        parts += [f"reduced[{name!r}]={shape_of(t)}" for name, t in self.reduced.items()]
+        if self.token_norms is not None:
+            parts.append(f"token_norms={shape_of(self.token_norms)}")
+        if self.logits is not None:
+            parts.append(f"logits={shape_of(self.logits)}")
+        return f"Capture({self.model_name!r}, " + ", ".join(parts) + ")"
+
     @property
     def batch_size(self) -> int:
         return len(self.geometry) if self.geometry else next(iter(self._tensors())).shape[1]
@@ -114,6 +132,14 @@ class Capture:
         if index not in self.layers:
             raise KeyError(f"layer {index} was not recorded (recorded: {self.layers})")
         return self.layers.index(index)
+
+
+def _span(values: Sequence[int]) -> str:
+    """[0, 1, 2, 3] -> "0..3"; anything else as a list."""
+    values = list(values)
+    if len(values) > 2 and values == list(range(values[0], values[-1] + 1)):
+        return f"{values[0]}..{values[-1]}"
+    return str(values)
 
 
 def _split_heads(x: torch.Tensor, num_heads: int, head_dim: int) -> torch.Tensor:

@@ -11,8 +11,8 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from tqdm.auto import tqdm
 
+from .choices import DEFAULT_METHODS
 from .cli_common import (
     ACCEPTS_METHOD_OPTIONS,
     METHOD_OPTIONS_HELP,
@@ -31,15 +31,28 @@ from .cli_common import (
     style_from,
     unique_dir,
 )
-from .explain import DEFAULT_METHODS, ExplainOptions, explain_image
-from .io.images import ImageLoadError
-from .methods import check
 from .render.style import DEFAULT_CLIP
 
 app = typer.Typer(
     add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
     help="See what Vision Transformers attend to, and measure it.",
 )
+
+def _print_version(value: bool) -> None:
+    if value:
+        from . import __version__
+
+        typer.echo(f"vitprobe {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: Annotated[bool, typer.Option("--version", callback=_print_version, is_eager=True,
+                                          help="print the version and exit")] = False,
+) -> None:
+    """See what Vision Transformers attend to, and measure it."""
+
 
 @app.command(context_settings=ACCEPTS_METHOD_OPTIONS, epilog=METHOD_OPTIONS_HELP)
 def explain(
@@ -57,6 +70,12 @@ def explain(
     device: Annotated[str | None, typer.Option(help="torch device, e.g. cuda")] = None,
 ) -> None:
     """Draw each image's attention by the chosen methods: one figure per method, maps.npz, summary.json."""
+    from tqdm.auto import tqdm
+
+    from .explain import ExplainOptions, explain_image
+    from .io.images import ImageLoadError
+    from .methods import check
+
     tokens, specs = method_specs(method, images)
     style = style_from(cmap, alpha, clip, upsample, colorbar)
     if top < 0:

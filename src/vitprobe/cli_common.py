@@ -1,5 +1,5 @@
 """What every CLI command shares: the --model option, the style options, method options, one-line failures,
-model loading and image lists."""
+model loading and image lists. Nothing heavy is imported at module level, so every ``--help`` is fast."""
 
 from __future__ import annotations
 
@@ -9,8 +9,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
-
-from .io.images import ImageLoadError, list_images
 
 if TYPE_CHECKING:
     from .render.style import Style
@@ -133,6 +131,8 @@ def _token(value: Any) -> str:
 
 def image_paths(inputs: Sequence[Path]) -> list[Path]:
     """Files and folders (recursive) -> image paths; a missing path or an empty result exits 2."""
+    from .io.images import ImageLoadError, list_images
+
     if not inputs:
         raise fail("no images given")
     try:

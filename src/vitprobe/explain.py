@@ -15,9 +15,6 @@ from .methods import MethodSpec, attribute
 from .models.base import ImageInput, VitModel
 from .render.style import Style
 
-DEFAULT_METHODS = "cls,layers,rollout"
-"""What ``vitprobe explain`` draws when no --method is given."""
-
 
 @dataclass(frozen=True)
 class ExplainOptions:

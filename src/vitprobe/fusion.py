@@ -5,9 +5,14 @@ Only the mean of distributions is a distribution: a max-fused attention row sums
 
 from __future__ import annotations
 
-import torch
+from typing import TYPE_CHECKING
 
-FUSIONS = ("mean", "max", "min")
+from .choices import FUSIONS
+
+if TYPE_CHECKING:
+    import torch
+
+__all__ = ["FUSIONS", "fuse_heads", "reduce_over"]
 
 
 def reduce_over(x: torch.Tensor, how: str, dim: int) -> torch.Tensor:

@@ -27,11 +27,10 @@ import numpy as np
 import torch
 from scipy import ndimage
 
+from ..choices import FINDERS
 from ..io.preprocess import Geometry
 from .masks import mass_masks
 from .thresholds import OTSU, Threshold
-
-FINDERS = ("components", "weighted", "peaks", "mass")
 
 GridBox = tuple[int, int, int, int]
 """(row0, col0, row1, col1), inclusive patch indices."""

@@ -4,13 +4,11 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
-from PIL import Image
 
-from ..analysis.keypoints import FINDERS
-from ..analysis.thresholds import Threshold
+from ..choices import FINDERS
 from ..cli_common import (
     ACCEPTS_METHOD_OPTIONS,
     METHOD_OPTIONS_HELP,
@@ -24,11 +22,15 @@ from ..cli_common import (
     method_specs,
     style_from,
 )
-from ..coco import AnnotationError, ImageTruth, load_coco
-from ..evaluate import LocalizeOptions
-from ..localize import BASELINES, EvalOptions, Localized, evaluate_dataset, localize
-from ..methods import Attribution
-from ..render.style import DEFAULT_CLIP, Style
+from ..render.style import DEFAULT_CLIP
+
+if TYPE_CHECKING:
+    from PIL import Image
+
+    from ..coco import ImageTruth
+    from ..localize import Localized
+    from ..methods import Attribution
+    from ..render.style import Style
 
 CYAN = (0, 255, 255)
 GREEN = (0, 255, 0)
@@ -46,9 +48,9 @@ HEADERS = {"model": "model", "random": "random map", "centre": "centre Gaussian"
 
 def format_table(summary: dict[str, dict[str, float | None]], alpha: float, masks: str = "heads") -> str:
     """The summary as a text table: one row per metric, one column per map (model and baselines)."""
-    lines = [f"{'metric':26s}" + "".join(f"{HEADERS[name]:>17s}" for name in BASELINES)]
+    lines = [f"{'metric':26s}" + "".join(f"{HEADERS[name]:>17s}" for name in summary)]
     for key, label in ROWS:
-        cells = [summary[name][key] for name in BASELINES]
+        cells = [summary[name][key] for name in summary]
         name = label.format(alpha=alpha, masks="best head" if masks == "heads" else "fused map")
         lines.append(f"{name:26s}" + "".join(
             f"{'n/a' if v is None else f'{v:.3f}':>17s}" for v in cells))
@@ -105,6 +107,11 @@ def register(app: typer.Typer) -> None:
         device: Annotated[str | None, typer.Option(help="torch device, e.g. cuda")] = None,
     ) -> None:
         """Pointing game, PCK, box IoU / CorLoc and mask Jaccard, each beside a random and a centre baseline."""
+        from ..analysis.thresholds import Threshold
+        from ..coco import AnnotationError, load_coco
+        from ..evaluate import LocalizeOptions
+        from ..localize import EvalOptions, evaluate_dataset, localize
+
         tokens, specs = method_specs(method, method_options or [])
         if tokens:
             raise fail(f"unexpected argument {tokens[0]!r}: evaluate reads its images from --annotations/--images")

@@ -5,15 +5,11 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
-import numpy as np
 import typer
-from PIL import Image
-from tqdm.auto import tqdm
 
-from ..analysis.keypoints import FINDERS
-from ..analysis.thresholds import Threshold
+from ..choices import FINDERS
 from ..cli_common import (
     ACCEPTS_METHOD_OPTIONS,
     METHOD_OPTIONS_HELP,
@@ -30,11 +26,13 @@ from ..cli_common import (
     style_from,
     unique_dir,
 )
-from ..evaluate import LocalizeOptions
-from ..io.images import ImageLoadError
-from ..localize import Localized, attribute_whole, localize
-from ..methods import Attribution, check
-from ..render.style import DEFAULT_CLIP, Style
+from ..render.style import DEFAULT_CLIP
+
+if TYPE_CHECKING:
+    from ..evaluate import LocalizeOptions
+    from ..localize import Localized
+    from ..methods import Attribution
+    from ..render.style import Style
 
 COORDINATES = (
     "x, y in original-image pixels, continuous: (0, 0) is the top-left corner of the image and pixel "
@@ -68,6 +66,14 @@ def register(app: typer.Typer) -> None:
         device: Annotated[str | None, typer.Option(help="torch device, e.g. cuda")] = None,
     ) -> None:
         """Find keypoints, boxes and masks in attention maps; write JSON, mask and overlay per image."""
+        from tqdm.auto import tqdm
+
+        from ..analysis.thresholds import Threshold
+        from ..evaluate import LocalizeOptions
+        from ..io.images import ImageLoadError
+        from ..localize import attribute_whole, localize
+        from ..methods import check
+
         tokens, specs = method_specs(method, images)
         if len(specs) != 1:
             raise fail("keypoints takes one method with one value per option")
@@ -116,6 +122,9 @@ def write_result(
     model: dict,
 ) -> dict:
     """Write ``keypoints.json``, ``mask.png`` and ``overlay.png`` for one image; return the JSON record."""
+    import numpy as np
+    from PIL import Image
+
     from .. import render
     from ..render.annotate import annotate
 

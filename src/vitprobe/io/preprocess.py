@@ -35,6 +35,16 @@ class PreprocessSpec:
         """Same normalisation, but the whole image resized to exactly (H, W), no crop."""
         return PreprocessSpec(self.mean, self.std, None, tuple(size_hw), None, self.resample)
 
+    def describe(self) -> str:
+        """The resize and crop in a few words, e.g. "short side 448, centre crop 448x448"."""
+        if self.shortest_edge is not None:
+            words = f"short side {self.shortest_edge}"
+        elif self.resize_hw is not None:
+            words = f"resize {self.resize_hw[0]}x{self.resize_hw[1]}"
+        else:
+            words = "as is"
+        return words + (f", centre crop {self.crop_hw[0]}x{self.crop_hw[1]}" if self.crop_hw else "")
+
     def to_dict(self) -> dict:
         return {
             "mean": list(self.mean),
@@ -62,6 +72,12 @@ class Geometry:
         """Map a model-input pixel coordinate (y, x) to original-image coordinates (y, x)."""
         top, left, height, width = self.crop_box
         return top + y * height / self.input_hw[0], left + x * width / self.input_hw[1]
+
+    def original_to_input(self, y: float, x: float) -> tuple[float, float]:
+        """Map an original-image coordinate (y, x) to model-input coordinates (y, x) (the inverse of
+        ``input_to_original``)."""
+        top, left, height, width = self.crop_box
+        return (y - top) * self.input_hw[0] / height, (x - left) * self.input_hw[1] / width
 
     def to_dict(self) -> dict:
         return {

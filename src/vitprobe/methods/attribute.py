@@ -5,12 +5,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
-import torch
-
-from ..capture import Capture
 from .base import Attribution, Context, Method, MissingCapture, Needs, get_method
 
 if TYPE_CHECKING:
+    from ..capture import Capture
     from ..models.base import ImageInput, VitModel
 
 MethodSpec = str | tuple[str, dict[str, Any]]
@@ -44,6 +42,8 @@ def _specs(method: MethodSpec | Sequence[MethodSpec], params: dict[str, Any]) ->
 def _prepare(model: VitModel, images, size: tuple[int, int] | None):
     """(pixels (B, 3, H, W), views, geometry): images loaded and preprocessed, or a tensor of model input
     taken as it is (no views, no geometry)."""
+    import torch
+
     if isinstance(images, torch.Tensor) and images.dim() == 4:
         if size is not None:
             raise ValueError("size applies to images, not to model-input pixels (B, 3, H, W)")
@@ -51,8 +51,14 @@ def _prepare(model: VitModel, images, size: tuple[int, int] | None):
     return model.prepare(images, size)
 
 
+def _is_capture(subject: object) -> bool:
+    from ..capture import Capture
+
+    return isinstance(subject, Capture)
+
+
 def _context(subject: VitModel | Capture, layout) -> Context:
-    if isinstance(subject, Capture):
+    if _is_capture(subject):
         recorded = [t for t in (subject.cls, *subject.full.values()) if t is not None]
         heads = recorded[0].shape[2 if recorded[0] is subject.cls else 1] if recorded else None
         return Context(layout, subject.n_layers or max(subject.layers) + 1, subject.model_name, heads,
@@ -126,7 +132,7 @@ def attribute(
     give a list of ``Attribution`` in the same order; one method gives one ``Attribution``.
     """
     chosen = _specs(method, params)
-    if isinstance(subject, Capture):
+    if _is_capture(subject):
         if images is not None:
             raise ValueError("attribute(capture, ...) draws what the capture recorded; pass no images")
         cap, ctx = subject, _context(subject, subject.layout)

@@ -25,19 +25,18 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar
 
-import torch
-from PIL import Image
-
-from ..analysis.upsample import upsample_map
-from ..capture import Capture
-from ..io.preprocess import Geometry
 from ..layout import NO_CLS_MESSAGE, TokenLayout
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # the registry itself imports no torch: listing methods and parsing options stay fast
+    import torch
+    from PIL import Image
+
+    from ..capture import Capture
+    from ..io.preprocess import Geometry
     from ..models.base import VitModel
     from ..targets import Gradients
 
-PARAM_KINDS = ("int", "float", "choice", "layer", "head", "patch", "target")
+PARAM_KINDS = ("int", "float", "choice", "layer", "head", "patch", "point", "target")
 
 
 class MissingCapture(ValueError):
@@ -52,6 +51,7 @@ class Param:
     - ``"layer"``: a layer index, negative counting back from the last layer;
     - ``"head"``: one head index, or None (heads fused);
     - ``"patch"``: a patch (row, col) on the grid, or None (the grid centre);
+    - ``"point"``: a position (x, y) in pixels of the original image, or None;
     - ``"target"``: what a gradient method explains: a class index or label, or None (top class);
     - ``"choice"``: one of ``choices``; ``"int"`` / ``"float"``: a number in [``low``, ``high``]
       (``high`` excluded when ``high_open``).
@@ -84,7 +84,8 @@ class Param:
             high = "inf" if self.high is None else f"{self.high:g}"
             return f"[{low}, {high}{')' if self.high_open else ']'}"
         return {"layer": "INT (negative: from the end)", "head": "INT or none (heads fused)",
-                "patch": "ROW,COL (default: grid centre)", "target": "INDEX or LABEL (default: top class)",
+                "patch": "ROW,COL (default: grid centre)", "point": "X,Y (pixels of the original image)",
+                "target": "INDEX or LABEL (default: top class)",
                 "int": "INT", "float": "FLOAT"}[self.kind]
 
     def parse(self, text: str) -> Any:
@@ -102,6 +103,11 @@ class Param:
                     return None
                 row, col = (int(v) for v in text.split(","))
                 return self.check((row, col))
+            if self.kind == "point":
+                if text.lower() in ("", "none"):
+                    return None
+                x, y = (float(v) for v in text.split(","))
+                return self.check((x, y))
             if self.kind == "target":
                 if text.lower() in ("", "none", "top"):
                     return None
@@ -136,6 +142,13 @@ class Param:
             if not (isinstance(value, Sequence) and len(value) == 2 and all(isinstance(v, int) for v in value)):
                 raise bad
             return (int(value[0]), int(value[1]))
+        elif self.kind == "point":
+            if value is None:
+                return None
+            if not (isinstance(value, Sequence) and len(value) == 2
+                    and all(isinstance(v, (int, float)) and math.isfinite(v) for v in value)):
+                raise bad
+            return (float(value[0]), float(value[1]))
         elif self.kind == "target":
             if value is not None and (isinstance(value, bool) or not isinstance(value, (int, str))):
                 raise bad
@@ -198,8 +211,9 @@ class Result:
     """What ``Method.compute`` returns: ``maps`` (B, H, W) on the patch grid, ``detail`` named tensors
     (shapes in the method's docstring), ``panels`` the labelled (B, H, W) maps a figure shows, and a
     ``title`` naming what the maps are. ``targets``: the class each image's map explains (gradient
-    methods); ``logits`` (B, classes) of the pass that explained them; ``marks``: grid positions
-    (row, col) a figure marks (e.g. the query patch)."""
+    methods); ``logits`` (B, classes) of the pass that explained them; ``marks``: per image, the
+    grid positions (row, col) a figure marks (e.g. the query point; fractional, patch centres at
+    integers)."""
 
     maps: torch.Tensor
     title: str
@@ -207,7 +221,7 @@ class Result:
     panels: list[tuple[str, torch.Tensor]] = field(default_factory=list)
     targets: list[int] | None = None
     logits: torch.Tensor | None = None
-    marks: list[tuple[float, float]] = field(default_factory=list)
+    marks: list[list[tuple[float, float]]] = field(default_factory=list)
 
 
 @dataclass
@@ -333,6 +347,9 @@ class MethodInfo:
     params: tuple[Param, ...]
     requires: tuple[str, ...]
 
+    def __repr__(self) -> str:
+        return f"<method {self.name}({', '.join(f'{p.name}={p.default!r}' for p in self.params)}): {self.summary}>"
+
     def __str__(self) -> str:
         needs = f" (needs: {', '.join(self.requires)})" if self.requires else ""
         lines = [f"{self.name}: {self.summary}{needs}"]
@@ -346,7 +363,7 @@ def methods() -> list[MethodInfo]:
     return [MethodInfo(m.name, m.summary, m.params, m.requires) for m in (get_method(n) for n in method_names())]
 
 
-@dataclass
+@dataclass(repr=False)
 class Attribution:
     """One method's maps of a batch of images.
 
@@ -356,8 +373,8 @@ class Attribution:
     - ``panels``: labelled (B, H, W) maps a figure shows beside the image;
     - ``images``: the part of each original image the model saw; ``geometry``: how it was mapped;
     - ``logits`` (B, classes) and ``labels`` when the model has a classification head; ``targets``:
-      the class each map explains (gradient methods); ``marks``: grid positions (row, col) a figure
-      marks, such as the query patch.
+      the class each map explains (gradient methods); ``marks``: per image, grid positions (row, col)
+      a figure marks, such as the query point (fractional; patch centres at integers).
     """
 
     method: str
@@ -372,7 +389,16 @@ class Attribution:
     logits: torch.Tensor | None = None
     labels: dict[int, str] = field(default_factory=dict)
     targets: list[int] | None = None
-    marks: list[tuple[float, float]] = field(default_factory=list)
+    marks: list[list[tuple[float, float]]] = field(default_factory=list)
+
+    def __repr__(self) -> str:
+        from ..capture import shape_of
+
+        params = ", ".join(f"{k}={v!r}" for k, v in self.params.items())
+        detail = ", ".join(f"{k}={shape_of(v)}" for k, v in self.detail.items())
+        extra = (f", detail: {detail}" if detail else "") + (f", targets={self.targets}" if self.targets else "")
+        return (f"Attribution({self.method}({params}): maps={shape_of(self.maps)} on a {self.layout.grid_hw[0]}x"
+                f"{self.layout.grid_hw[1]} grid, images={len(self.maps)}{extra}; {self.title!r})")
 
     @property
     def candidates(self) -> torch.Tensor:
@@ -384,6 +410,10 @@ class Attribution:
     def on_image(self, image: int = 0, mode: str = "bilinear") -> torch.Tensor:
         """Map ``image`` on the original photo's pixels (H0, W0): upsampled into the region the model
         saw; NaN where the model saw nothing (outside a centre crop)."""
+        import torch
+
+        from ..analysis.upsample import upsample_map
+
         if not self.geometry:
             raise ValueError("this attribution has no image geometry (built from arrays without images)")
         geo = self.geometry[image]
@@ -396,6 +426,8 @@ class Attribution:
 
     def top(self, image: int = 0, k: int = 5) -> list[tuple[int, str, float]]:
         """The ``k`` most probable classes of one image as (index, label, probability); [] without a head."""
+        import torch
+
         if self.logits is None:
             return []
         probs = self.logits[image].float().softmax(-1)

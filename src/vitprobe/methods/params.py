@@ -12,4 +12,6 @@ LAYER_FUSION = Param("layer_fusion", "mean", "how the layers are aggregated", "c
 DISCARD_RATIO = Param("discard_ratio", 0.0, "drop this fraction of the lowest fused attention (never the CLS column)",
                       "float", low=0.0, high=1.0, high_open=True)
 PATCH = Param("patch", None, "the query patch (row, col) whose own attention is drawn", "patch")
+QUERY_XY = Param("query_xy", None, "the query point (x, y) in pixels of the original image (instead of patch)",
+                 "point")
 TARGET = Param("target", None, "what the map explains: a class index or label (default: the top class)", "target")

@@ -24,7 +24,7 @@ class UnsupportedModelError(ValueError):
     """The model's attention cannot give the maps vitprobe draws (no global self-attention)."""
 
 
-@dataclass
+@dataclass(repr=False)
 class VitModel:
     """A ViT ready for capture: the torch module plus everything read from it.
 
@@ -68,6 +68,12 @@ class VitModel:
     @property
     def dtype(self) -> torch.dtype:
         return next(self.module.parameters()).dtype
+
+    def __repr__(self) -> str:
+        head = f", classes={len(self.labels)}" if self.labels else ""
+        return (f"VitModel({self.name!r}, family={self.family!r}, layers={self.num_layers}, heads={self.num_heads}, "
+                f"patch={self.patch_size}, prefix={self.prefix_names}, input={self.preprocess.describe()}, "
+                f"device={self.device}, dtype={str(self.dtype).removeprefix('torch.')}{head})")
 
     def layout(self, input_hw: tuple[int, int]) -> TokenLayout:
         """Token layout for an input of (H, W) pixels (multiples of the patch size)."""

@@ -14,12 +14,12 @@ from typing import TYPE_CHECKING
 
 import matplotlib
 import numpy as np
-from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.cm import ScalarMappable
 from matplotlib.colors import Normalize
 from matplotlib.figure import Figure
 from PIL import Image
 
+from .canvas import new_figure
 from .colormap import MapLike, as_numpy, value_range
 from .overlay import overlay
 from .style import Style
@@ -109,7 +109,8 @@ def attribution_figure(
     methods) in colour. The attribution's ``marks`` (e.g. the query patch) are crosses on every panel."""
     view = result.images[image]
     h, w = result.layout.grid_hw
-    marks = [((col + 0.5) * view.width / w, (row + 0.5) * view.height / h) for row, col in result.marks]
+    marks = [((col + 0.5) * view.width / w, (row + 0.5) * view.height / h)
+             for row, col in (result.marks[image] if result.marks else [])]
     panels = [(label, m[image]) for label, m in result.panels]
     predictions = None
     if result.logits is not None and top_k > 0:
@@ -210,8 +211,7 @@ def grid_figure(
     title_in = (TITLE_IN if title else 0.0) + (NOTE_IN if note else 0.0)
     fig_w = 2 * MARGIN_IN + cols * panel_w + (cols - 1) * GAP_IN
     fig_h = 2 * MARGIN_IN + title_in + rows * row_h + (rows - 1) * GAP_IN
-    fig = Figure(figsize=(fig_w, fig_h))
-    FigureCanvasAgg(fig)
+    fig = new_figure(fig_w, fig_h)
 
     def box(left_in: float, bottom_in: float, w_in: float, h_in: float) -> list[float]:
         return [left_in / fig_w, bottom_in / fig_h, w_in / fig_w, h_in / fig_h]

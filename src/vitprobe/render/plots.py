@@ -15,18 +15,16 @@ from collections.abc import Sequence
 
 import matplotlib
 import numpy as np
-from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
+from .canvas import new_figure
 from .colormap import MapLike, as_numpy
 
 HEAD_CMAP = "tab10"
 
 
 def _figure(w_in: float, h_in: float) -> Figure:
-    fig = Figure(figsize=(w_in, h_in), layout="constrained")
-    FigureCanvasAgg(fig)
-    return fig
+    return new_figure(w_in, h_in, layout="constrained")
 
 
 def distance_scatter(

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import matplotlib
-
 UPSAMPLE_MODES = ("bilinear", "nearest")
 DEFAULT_CLIP = 99.0
 """Top of a colour scale as a percentile of the map: a handful of extreme patches (e.g. DINOv2's
@@ -26,6 +24,8 @@ class Style:
     colorbar: bool = True
 
     def __post_init__(self) -> None:
+        import matplotlib  # here, so the command line's option defaults import no matplotlib
+
         if self.cmap not in matplotlib.colormaps:
             raise ValueError(f"--cmap takes a matplotlib colormap name (e.g. inferno, viridis), got {self.cmap!r}")
         if not 0.0 <= self.alpha <= 1.0:

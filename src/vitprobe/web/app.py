@@ -200,8 +200,8 @@ class DemoBackend:
         overlay = vp.render.overlay(shown, heat, view.style)
         if view.keypoints:
             overlay = _mark_keypoints(overlay, heat)
-        for row, col in result.marks:
-            overlay = vp.render.annotate(overlay, boxes=[_patch_box(row, col, grid_hw, overlay.size)],
+        for row, col in result.marks[0] if result.marks else []:
+            overlay = vp.render.annotate(overlay, boxes=[_patch_box(round(row), round(col), grid_hw, overlay.size)],
                                          colour=QUERY_COLOUR)
         figure = vp.render.attribution_figure(result, 0, view.style)
         caption = (f"{model.name}, {grid_hw[0]}×{grid_hw[1]} patches of {model.patch_size} px: {result.title}; "
@@ -384,10 +384,10 @@ class DemoHandlers:
         values = dict(zip(self.controls, controls, strict=True))
         if not _takes(values["method"], "patch"):
             values["method"] = next(n for n in vp.method_names() if _takes(n, "patch"))
-        values["patch"] = f"{row},{col}"
+        clicked = {"patch": f"{row},{col}", **({"query_xy": ""} if "query_xy" in values else {})}  # the click wins
+        values.update(clicked)
         controls = tuple(values.values())
-        return (values["method"], *self._param_updates(controls, patch=values["patch"]),
-                *self.redraw(state, *controls))
+        return (values["method"], *self._param_updates(controls, **clicked), *self.redraw(state, *controls))
 
     def _param_updates(self, controls: Sequence, **values: Any) -> list:
         """One update per method parameter: visible when the chosen method takes it, with ``values`` set."""
@@ -492,7 +492,8 @@ def _param_control(gr, param: vp.Param, model: vp.VitModel, visible: bool):
         return gr.Slider(param.low, top, value=param.default, step=step, **common)
     if param.kind in ("int", "float"):
         return gr.Number(value=param.default, **common)
-    hint = {"patch": "row,col (empty: the grid centre; click the overlay)", "target": "index or label (empty: top)"}
+    hint = {"patch": "row,col (empty: the grid centre; click the overlay)", "point": "x,y in pixels of the photo",
+            "target": "index or label (empty: top)"}
     return gr.Textbox(value="" if param.default is None else str(param.default),
                       placeholder=hint.get(param.kind, ""), **common)
 
