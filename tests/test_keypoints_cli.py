@@ -14,7 +14,7 @@ from typer.testing import CliRunner
 from tests.corpus import assert_one_line_per_bad_file, make_bad_corpus
 from vitprobe.cli import app
 from vitprobe.io.samples import write_samples
-from vitprobe.localize import whole_image_hw
+from vitprobe.localization import whole_image_hw
 
 runner = CliRunner()
 ANNOTATIONS = Path(__file__).resolve().parent.parent / "data" / "annotations" / "samples_coco.json"

@@ -40,7 +40,7 @@ _LAZY: dict[str, tuple[str, str | None]] = {
     "ImageLoadError": (".io.images", "ImageLoadError"),
     "load": (".models", "load"),
     "load_image": (".io.images", "load_image"),
-    "localize": (".localize", "localize"),
+    "localize": (".localization", "localize"),
     "LocalizeOptions": (".evaluate", "LocalizeOptions"),
     "map_entropy": (".analysis.entropy", "map_entropy"),
     "mass_masks": (".analysis.masks", "mass_masks"),

@@ -9,3 +9,7 @@ FINDERS = ("components", "weighted", "peaks", "mass")
 
 DEFAULT_METHODS = "cls,layers,rollout"
 """What ``vitprobe explain`` draws when no --method is given."""
+
+DEFAULT_CLIP = 99.0
+"""Top of a colour scale as a percentile of the map: a handful of extreme patches (e.g. DINOv2's
+artifact tokens) saturate instead of darkening the rest of the map; 100 is the plain maximum."""

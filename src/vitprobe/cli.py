@@ -12,7 +12,7 @@ from typing import Annotated
 
 import typer
 
-from .choices import DEFAULT_METHODS
+from .choices import DEFAULT_CLIP, DEFAULT_METHODS
 from .cli_common import (
     ACCEPTS_METHOD_OPTIONS,
     METHOD_OPTIONS_HELP,
@@ -31,7 +31,6 @@ from .cli_common import (
     style_from,
     unique_dir,
 )
-from .render.style import DEFAULT_CLIP
 
 app = typer.Typer(
     add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,

@@ -32,7 +32,7 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from . import render
-from .localize import default_short_side, whole_image_hw
+from .localization import default_short_side, whole_image_hw
 from .methods import attribute, check, get_method
 from .models.base import VitModel
 from .render.style import Style

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from ..choices import FINDERS
+from ..choices import DEFAULT_CLIP, FINDERS
 from ..cli_common import (
     ACCEPTS_METHOD_OPTIONS,
     METHOD_OPTIONS_HELP,
@@ -22,13 +22,12 @@ from ..cli_common import (
     method_specs,
     style_from,
 )
-from ..render.style import DEFAULT_CLIP
 
 if TYPE_CHECKING:
     from PIL import Image
 
     from ..coco import ImageTruth
-    from ..localize import Localized
+    from ..localization import Localized
     from ..methods import Attribution
     from ..render.style import Style
 
@@ -110,7 +109,7 @@ def register(app: typer.Typer) -> None:
         from ..analysis.thresholds import Threshold
         from ..coco import AnnotationError, load_coco
         from ..evaluate import LocalizeOptions
-        from ..localize import EvalOptions, evaluate_dataset, localize
+        from ..localization import EvalOptions, evaluate_dataset, localize
 
         tokens, specs = method_specs(method, method_options or [])
         if tokens:

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from ..choices import FINDERS
+from ..choices import DEFAULT_CLIP, FINDERS
 from ..cli_common import (
     ACCEPTS_METHOD_OPTIONS,
     METHOD_OPTIONS_HELP,
@@ -26,11 +26,10 @@ from ..cli_common import (
     style_from,
     unique_dir,
 )
-from ..render.style import DEFAULT_CLIP
 
 if TYPE_CHECKING:
     from ..evaluate import LocalizeOptions
-    from ..localize import Localized
+    from ..localization import Localized
     from ..methods import Attribution
     from ..render.style import Style
 
@@ -71,7 +70,7 @@ def register(app: typer.Typer) -> None:
         from ..analysis.thresholds import Threshold
         from ..evaluate import LocalizeOptions
         from ..io.images import ImageLoadError
-        from ..localize import attribute_whole, localize
+        from ..localization import attribute_whole, localize
         from ..methods import check
 
         tokens, specs = method_specs(method, images)

@@ -7,6 +7,7 @@ from typing import Annotated
 
 import typer
 
+from ..choices import DEFAULT_CLIP
 from ..cli_common import (
     ACCEPTS_METHOD_OPTIONS,
     METHOD_OPTIONS_HELP,
@@ -21,7 +22,6 @@ from ..cli_common import (
     method_specs,
     style_from,
 )
-from ..render.style import DEFAULT_CLIP
 
 
 def register(app: typer.Typer) -> None:

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from ..choices import DEFAULT_CLIP
+
+__all__ = ["DEFAULT_CLIP", "UPSAMPLE_MODES", "Style"]
+
 UPSAMPLE_MODES = ("bilinear", "nearest")
-DEFAULT_CLIP = 99.0
-"""Top of a colour scale as a percentile of the map: a handful of extreme patches (e.g. DINOv2's
-artifact tokens) saturate instead of darkening the rest of the map; 100 is the plain maximum."""
 
 
 @dataclass(frozen=True)
