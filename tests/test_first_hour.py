@@ -66,7 +66,8 @@ def test_reprs_are_short_and_say_what_matters(tiny_dirs):
         assert len(text) < 1000 and "\n" not in text.strip("[]"), (what, len(text))
     assert "layers=3, heads=4, patch=8, prefix=('cls', 'distillation')" in texts["model"]
     assert "classes=5" in texts["model"] and "device=cpu, dtype=float32" in texts["model"]
-    assert "images=2, layers=0..2, grid=(4, 4)" in texts["capture"] and "fused['mean']=(3, 2, 18, 18)" in texts["capture"]
+    assert "images=2, layers=0..2, grid=(4, 4)" in texts["capture"]
+    assert "fused['mean']=(3, 2, 18, 18)" in texts["capture"]
     assert "full=[2]: (2, 4, 18, 18)" in texts["capture"] and "logits=(2, 5)" in texts["capture"]
     assert texts["attribution"].startswith("Attribution(query(layer=-1, patch=None, query_xy=None, head_fusion='mean'")
     assert "maps=(2, 4, 4) on a 4x4 grid, images=2, detail: heads=(2, 4, 4, 4)" in texts["attribution"]
