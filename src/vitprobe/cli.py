@@ -23,6 +23,7 @@ from .cli_common import (
     MethodOpt,
     ModelOpt,
     UpsampleOpt,
+    check_model_spec,
     fail,
     image_paths,
     load_model,
@@ -69,6 +70,7 @@ def explain(
     device: Annotated[str | None, typer.Option(help="torch device, e.g. cuda")] = None,
 ) -> None:
     """Draw each image's attention by the chosen methods: one figure per method, maps.npz, summary.json."""
+    check_model_spec(model)
     from tqdm.auto import tqdm
 
     from .explain import ExplainOptions, explain_image

@@ -40,8 +40,22 @@ def fail(message: str, code: int = 2) -> typer.Exit:
     return typer.Exit(code)
 
 
+def check_model_spec(spec: str) -> None:
+    """Exit 2 with one line, before anything heavy is imported, for a Hugging Face spec that cannot be
+    found: no such directory, or not cached while the hub is unreachable or ``HF_HUB_OFFLINE`` is set."""
+    from .hub import hf_name, locate
+
+    name = hf_name(spec)
+    try:
+        if name is not None:
+            locate(name)
+    except ValueError as err:
+        raise fail(f"cannot load model {spec!r}: {err}") from None
+
+
 def load_model(spec: str, device: str | None):
     """Load a model, turning every expected failure into one line and exit code 2."""
+    check_model_spec(spec)
     from transformers.utils import logging as hf_logging
 
     from .models import load

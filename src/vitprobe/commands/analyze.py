@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from ..cli_common import ModelOpt, fail, load_model
+from ..cli_common import ModelOpt, check_model_spec, fail, load_model
 
 
 def register(app: typer.Typer) -> None:
@@ -36,6 +36,7 @@ def register(app: typer.Typer) -> None:
         process takes every K-th batch. Images that cannot be read are listed in failures.csv; the
         exit code is 1 only when no image could be analysed.
         """
+        check_model_spec(model)
         import torch
 
         from ..io.images import ImageLoadError

@@ -17,6 +17,7 @@ from ..cli_common import (
     MethodOpt,
     ModelOpt,
     UpsampleOpt,
+    check_model_spec,
     fail,
     load_model,
     method_specs,
@@ -106,6 +107,7 @@ def register(app: typer.Typer) -> None:
         device: Annotated[str | None, typer.Option(help="torch device, e.g. cuda")] = None,
     ) -> None:
         """Pointing game, PCK, box IoU / CorLoc and mask Jaccard, each beside a random and a centre baseline."""
+        check_model_spec(model)
         from ..analysis.thresholds import Threshold
         from ..coco import AnnotationError, load_coco
         from ..evaluate import LocalizeOptions

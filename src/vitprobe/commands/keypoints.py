@@ -19,6 +19,7 @@ from ..cli_common import (
     MethodOpt,
     ModelOpt,
     UpsampleOpt,
+    check_model_spec,
     fail,
     image_paths,
     load_model,
@@ -65,6 +66,7 @@ def register(app: typer.Typer) -> None:
         device: Annotated[str | None, typer.Option(help="torch device, e.g. cuda")] = None,
     ) -> None:
         """Find keypoints, boxes and masks in attention maps; write JSON, mask and overlay per image."""
+        check_model_spec(model)
         from tqdm.auto import tqdm
 
         from ..analysis.thresholds import Threshold

@@ -17,6 +17,7 @@ from ..cli_common import (
     MethodOpt,
     ModelOpt,
     UpsampleOpt,
+    check_model_spec,
     fail,
     load_model,
     method_specs,
@@ -50,6 +51,7 @@ def register(app: typer.Typer) -> None:
         device: Annotated[str | None, typer.Option(help="torch device, e.g. cuda")] = None,
     ) -> None:
         """Overlay per-frame attention heat maps on a video; frames stream in batches, size and fps are kept."""
+        check_model_spec(model)
         from ..render.video import OUTPUT_SUFFIXES, VideoError, VideoReader
         from ..video import VideoOptions, attention_video
 

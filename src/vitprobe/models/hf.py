@@ -11,6 +11,7 @@ from PIL import Image
 from torch import nn
 
 from ..capture import AttentionSite
+from ..hub import locate
 from ..io.preprocess import PreprocessSpec
 from .base import UnsupportedModelError, VitModel
 
@@ -156,9 +157,9 @@ def wrap(module: nn.Module, name: str, preprocess: PreprocessSpec | None = None)
     )
 
 
-def _processor_dict(spec: str) -> dict | None:
+def _processor_dict(spec: str, local_only: bool) -> dict | None:
     path = transformers.utils.cached_file(
-        spec, "preprocessor_config.json", _raise_exceptions_for_missing_entries=False
+        spec, "preprocessor_config.json", _raise_exceptions_for_missing_entries=False, local_files_only=local_only,
     )
     if path is None:
         return None
@@ -168,11 +169,12 @@ def _processor_dict(spec: str) -> dict | None:
 
 def load_hf(spec: str, attn_implementation: str | None = None) -> VitModel:
     """Load a hub id or local directory with transformers' own from_pretrained (no remote code)."""
-    config = transformers.AutoConfig.from_pretrained(spec, trust_remote_code=False)
+    local_only = locate(spec)
+    config = transformers.AutoConfig.from_pretrained(spec, trust_remote_code=False, local_files_only=local_only)
     if config.model_type not in SUPPORTED_TYPES:
         raise unsupported(config.model_type)
     arch = (config.architectures or [""])[0]
     cls = getattr(transformers, arch) if arch in _MODEL_CLASSES else transformers.AutoModel
     kwargs = {"attn_implementation": attn_implementation} if attn_implementation else {}
-    module = cls.from_pretrained(spec, trust_remote_code=False, **kwargs)
-    return wrap(module, spec, preprocess_from_dict(_processor_dict(spec), config))
+    module = cls.from_pretrained(spec, trust_remote_code=False, local_files_only=local_only, **kwargs)
+    return wrap(module, spec, preprocess_from_dict(_processor_dict(spec, local_only), config))

