@@ -205,3 +205,22 @@ def test_missing_timm_gives_a_one_line_hint(monkeypatch):
     monkeypatch.setattr(builtins, "__import__", no_timm)
     with pytest.raises(ImportError, match=r"pip install 'vitprobe\[timm\]'"):
         timm_adapter.load_timm("vit_tiny_patch16_224:random")
+
+
+@pytest.mark.skipif(tm.TORCHVISION is None, reason=tm.SKIP_REASON)
+def test_the_torchvision_stand_in_stays_inside_timms_import():
+    """The stand-in is on sys.path only while timm imports; it never shadows a real torchvision and never
+    reaches transformers, whose image processors would then be routed through placeholders."""
+    import importlib.util
+    import sys
+
+    from transformers.utils import is_torchvision_available
+
+    from tests.torchvision_stub import HERE
+
+    assert HERE not in sys.path
+    real = tm.TORCHVISION == "real"
+    if not real:
+        assert not [m for m in sys.modules if m == "torchvision" or m.startswith("torchvision.")]
+    assert (importlib.util.find_spec("torchvision") is not None) == real
+    assert is_torchvision_available() == real
