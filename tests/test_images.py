@@ -297,9 +297,10 @@ def test_list_images_expands_folders(tmp_path: Path) -> None:
     assert list_images([]) == []
 
 
-def test_list_images_missing_path(tmp_path: Path) -> None:
-    with pytest.raises(ImageLoadError, match="missing: no such file or directory$"):
-        list_images([tmp_path, tmp_path / "missing"])
+def test_list_images_keeps_a_missing_path_for_its_own_error(tmp_path: Path) -> None:
+    assert list_images([tmp_path, tmp_path / "missing"]) == [tmp_path / "missing"]
+    with pytest.raises(ImageLoadError, match="missing: no such file$"):
+        load_image(tmp_path / "missing")
 
 
 def test_write_samples(tmp_path: Path) -> None:

@@ -87,8 +87,8 @@ def load_image(
 def list_images(paths: Iterable[str | Path]) -> list[Path]:
     """Expand folders (recursively, sorted) to their files with an image suffix; keep files as given.
 
-    A file named directly is kept whatever its suffix, so a wrong file fails with a clear line
-    at load time. A path that does not exist raises :class:`ImageLoadError`.
+    A file named directly is kept whatever its suffix, and so is a path that does not exist, so a
+    wrong or missing file fails with its own line at load time while the others are still processed.
     """
     if isinstance(paths, (str, Path)):
         paths = [paths]
@@ -98,10 +98,8 @@ def list_images(paths: Iterable[str | Path]) -> list[Path]:
             found.extend(
                 sorted(p for p in entry.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
             )
-        elif entry.exists():
-            found.append(entry)
         else:
-            raise ImageLoadError(entry, "no such file or directory")
+            found.append(entry)
     return found
 
 
