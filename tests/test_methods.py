@@ -197,7 +197,7 @@ def test_toy_method_in_video(toy, tiny_dirs, tmp_path):
     result = runner.invoke(app, ["video", str(video), "--out", str(tmp_path / "out.mp4"), "--model",
                                  str(tiny_dirs["vit"]), "--method", "toysharp", "--power", "4", "--maps", str(maps)])
     assert result.exit_code == 0, result.output
-    assert "toysharp maps" in result.stdout and np.load(maps).shape == (4, 4, 6)
+    assert "toysharp maps" in result.stdout and np.load(maps).shape == (4, 28, 42)  # 32x48 at short side 224
 
 
 def test_toy_method_among_the_web_demos_choices(toy, tiny_dirs, tmp_path):

@@ -131,7 +131,7 @@ def test_colour_scale_is_the_documented_one(tiny_dirs, tmp_path, normalize):
     video = write_video(tmp_path / "in.mp4", moving_noise(6, (64, 96), seed=1), 8.0)
     out, maps_path = tmp_path / "out.mp4", tmp_path / "maps.npy"
     style = render.Style(alpha=0.8)
-    opts = VideoOptions(normalize=normalize, style=style, batch_size=4)
+    opts = VideoOptions(normalize=normalize, style=style, batch_size=4, short_side=None)  # the model's own 32 px
     result = attention_video(model, video, [out], opts, maps_path=maps_path, progress=False)
     maps = np.load(maps_path)
     assert result.value_range == (float(maps.min()), float(maps.max()))
@@ -236,3 +236,21 @@ def test_writer_rejects_frames_of_another_size(tmp_path):
             writer.write(np.zeros((48, 32, 3), np.uint8))
     with pytest.raises(VideoError, match="must end in"):
         VideoWriter(tmp_path / "x.avi", 5.0, (32, 48))
+
+
+def test_time_range_and_the_default_speed_first_size(tiny_dirs, tmp_path):
+    video = write_video(tmp_path / "in.mp4", moving_noise(12, (48, 64)), 12.0)
+    out, maps = tmp_path / "part.mp4", tmp_path / "maps.npy"
+    result = runner.invoke(app, ["video", str(video), "--out", str(out), "--model", str(tiny_dirs["vit"]),
+                                 "--start", "0.25", "--end", "0.75", "--maps", str(maps)])
+    assert result.exit_code == 0, result.output
+    meta, frames = probe(out)
+    assert len(frames) == 6 and meta["fps"] == 12.0
+    whole = np.load(maps)
+    runner.invoke(app, ["video", str(video), "--out", str(tmp_path / "all.mp4"), "--model", str(tiny_dirs["vit"]),
+                        "--maps", str(tmp_path / "all.npy")])
+    np.testing.assert_allclose(whole, np.load(tmp_path / "all.npy")[3:9], atol=1e-6)  # frames 3..8 of 0..11
+    assert whole.shape[1:] == (28, 37)  # the whole 48x64 frame at short side 224 (224x296): 8-px patches
+    bad = runner.invoke(app, ["video", str(video), "--out", str(out), "--model", str(tiny_dirs["vit"]),
+                              "--start", "2", "--end", "1"])
+    assert bad.exit_code == 2 and "0 <= start < end" in bad.stderr

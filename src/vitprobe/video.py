@@ -32,6 +32,7 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from . import render
+from .choices import VIDEO_SHORT_SIDE
 from .localization import default_short_side, whole_image_hw
 from .methods import attribute, check, get_method
 from .models.base import VitModel
@@ -49,15 +50,19 @@ class VideoOptions:
 
     ``method`` (a registered name) with its ``params``; ``normalize`` the colour scale ("video":
     one scale for all frames, from the smallest value to the ``style.clip`` percentile of all maps;
-    "frame": each frame its own); ``fps`` resamples the video (None keeps its rate); ``max_frames``
-    stops early; ``short_side`` is the model-input short side in pixels.
+    "frame": each frame its own); ``fps`` resamples the video (None keeps its rate); ``start`` /
+    ``end`` (seconds) take a part of it; ``max_frames`` stops early; ``short_side`` is the
+    model-input short side in pixels (default 224: a few frames a second on a CPU; None: the model's
+    own input size, finer and several times slower).
     """
 
     method: str = "cls"
     params: dict[str, Any] = field(default_factory=dict)
     normalize: str = "video"
-    short_side: int | None = None
+    short_side: int | None = VIDEO_SHORT_SIDE
     fps: float | None = None
+    start: float = 0.0
+    end: float | None = None
     max_frames: int | None = None
     batch_size: int = 8
     style: Style = Style()
@@ -69,6 +74,8 @@ class VideoOptions:
             raise ValueError(f"normalize must be one of {', '.join(NORMALIZE_MODES)}, got {self.normalize!r}")
         if self.fps is not None and not self.fps > 0:
             raise ValueError(f"fps must be positive, got {self.fps}")
+        if self.start < 0 or (self.end is not None and self.end <= self.start):
+            raise ValueError(f"the time range must have 0 <= start < end, got start {self.start:g}, end {self.end}")
         for name, value in (("max frames", self.max_frames), ("short side", self.short_side)):
             if value is not None and value < 1:
                 raise ValueError(f"{name} must be at least 1, got {value}")
@@ -118,12 +125,14 @@ def attention_video(
     start = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="vitprobe-video-") as tmp:
         raw = Path(tmp) / "maps.f32"
-        with VideoReader(source, opts.fps, opts.max_frames) as reader, raw.open("wb") as sink:
+        with VideoReader(source, opts.fps, opts.max_frames, opts.start, opts.end) as reader, raw.open("wb") as sink:
             if not reader.fps > 0:
                 raise VideoError(f"{source}: the video does not state its frame rate; pass fps")
             fps, size_hw, expected = reader.fps, reader.info.size_hw, reader.frames_estimate
             n, grid_hw, lo, hi = 0, (0, 0), np.inf, -np.inf
-            bar = tqdm(total=reader.frames_estimate or None, desc="attention", unit="frame", disable=not progress)
+            side = f"short side {opts.short_side or default_short_side(model.preprocess)} px"
+            bar = tqdm(total=reader.frames_estimate or None, desc=f"attention ({side})", unit="frame",
+                       disable=not progress)
             with bar:
                 for frames in batched(reader, opts.batch_size):
                     maps = frame_maps(model, frames, opts).float().cpu().numpy()
@@ -142,7 +151,7 @@ def attention_video(
         bounds = (lo, top) if opts.normalize == "video" else (None, None)
         paths = [Path(p) for p in outputs]
         written = 0
-        with VideoReader(source, opts.fps, n) as reader:
+        with VideoReader(source, opts.fps, n, opts.start, opts.end) as reader:
             writers = [VideoWriter(p, fps, size_hw) for p in paths]
             try:
                 for frame in tqdm(reader, total=n, desc="overlay", unit="frame", disable=not progress):

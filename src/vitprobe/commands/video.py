@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from ..choices import DEFAULT_CLIP
+from ..choices import DEFAULT_CLIP, VIDEO_SHORT_SIDE
 from ..cli_common import (
     ACCEPTS_METHOD_OPTIONS,
     METHOD_OPTIONS_HELP,
@@ -37,10 +37,12 @@ def register(app: typer.Typer) -> None:
             help="colour scale: 'video' (one scale for all frames, comparable) or 'frame' (each frame its own)"
         )] = "video",
         fps: Annotated[float | None, typer.Option(help="output frame rate (resamples; default: the input's)")] = None,
+        start: Annotated[float, typer.Option(help="begin this many seconds into the video")] = 0.0,
+        end: Annotated[float | None, typer.Option(help="stop at this many seconds (default: the end)")] = None,
         max_frames: Annotated[int | None, typer.Option(help="stop after this many frames")] = None,
-        short_side: Annotated[int | None, typer.Option(
-            help="model-input short side in pixels; the whole frame is resized, aspect kept (default: the model's)"
-        )] = None,
+        short_side: Annotated[int, typer.Option(
+            help="model-input short side in pixels; the whole frame is resized, aspect kept (0: the model's own)"
+        )] = VIDEO_SHORT_SIDE,
         batch_size: Annotated[int, typer.Option(help="frames per forward pass")] = 8,
         cmap: CmapOpt = "inferno",
         alpha: AlphaOpt = 0.5,
@@ -62,8 +64,8 @@ def register(app: typer.Typer) -> None:
             raise fail("video takes one method with one value per option")
         name, params = specs[0]
         video_in = Path(tokens[0])
-        opts = VideoOptions(method=name, params=params, normalize=normalize, short_side=short_side, fps=fps,
-                            max_frames=max_frames, batch_size=batch_size,
+        opts = VideoOptions(method=name, params=params, normalize=normalize, short_side=short_side or None, fps=fps,
+                            start=start, end=end, max_frames=max_frames, batch_size=batch_size,
                             style=style_from(cmap, alpha, clip, upsample))
         try:
             opts.check()

@@ -67,11 +67,13 @@ class VideoReader:
     """Iterate over the frames of a video file as (H, W, 3) uint8 arrays, decoded one at a time.
 
     ``fps`` (optional) resamples the stream to that frame rate (ffmpeg's ``fps`` filter, which
-    drops or repeats frames); ``max_frames`` stops early. ``info`` describes the source. Use as a
-    context manager (or call ``close``) so the ffmpeg process ends when reading stops early.
+    drops or repeats frames); ``start`` / ``end`` (seconds) read only that part; ``max_frames``
+    stops early. ``info`` describes the source. Use as a context manager (or call ``close``) so the
+    ffmpeg process ends when reading stops early.
     """
 
-    def __init__(self, path: str | Path, fps: float | None = None, max_frames: int | None = None) -> None:
+    def __init__(self, path: str | Path, fps: float | None = None, max_frames: int | None = None,
+                 start: float = 0.0, end: float | None = None) -> None:
         self.path = Path(path)
         if not self.path.is_file():
             raise VideoError(f"{self.path}: no such file")
@@ -79,8 +81,13 @@ class VideoReader:
             raise VideoError(f"{self.path}: empty file")
         if fps is not None and not fps > 0:
             raise VideoError(f"fps must be positive, got {fps}")
+        if start < 0 or (end is not None and end <= start):
+            raise VideoError(f"the time range must have 0 <= start < end, got start {start:g}, end {end}")
         output = ["-vf", f"fps={fps}"] if fps is not None else []
-        self._gen = _ffmpeg().read_frames(str(self.path), output_params=output)
+        if end is not None:
+            output += ["-t", f"{end - start:.6f}"]
+        seek = ["-ss", f"{start:.6f}"] if start else []
+        self._gen = _ffmpeg().read_frames(str(self.path), input_params=seek, output_params=output)
         try:
             meta = next(self._gen)
             width, height = meta["size"]
@@ -91,11 +98,12 @@ class VideoReader:
                               float(meta.get("duration") or 0.0))
         self.fps = float(fps) if fps is not None else self.info.fps
         self.max_frames = max_frames
+        self.seconds = max(0.0, (self.info.duration if end is None else min(end, self.info.duration)) - start)
 
     @property
     def frames_estimate(self) -> int:
-        """Frames this reader will probably yield (after resampling and ``max_frames``)."""
-        n = round(self.fps * self.info.duration)
+        """Frames this reader will probably yield (after resampling, the time range and ``max_frames``)."""
+        n = round(self.fps * self.seconds)
         return n if self.max_frames is None else min(n, self.max_frames)
 
     def __iter__(self) -> Iterator[np.ndarray]:
