@@ -10,9 +10,11 @@ import torch
 from vitprobe.analysis.tokens import (
     ArtifactCounts,
     artifact_counts,
+    artifact_mask,
+    fill_masked,
     isolated_peaks,
     max_over_median,
-        norm_outliers,
+    norm_outliers,
     patch_norms,
     second_brightest_neighbour,
 )
@@ -117,3 +119,42 @@ def test_with_and_without_registers_count_the_same_patches(tiny_dirs):
         assert counts["outliers"].shape == (3, 2)
         direct = norm_outliers(cap.token_norms[..., prefix:]).sum(-1)
         assert torch.equal(counts["outliers"], direct)
+
+
+def test_fill_masked_takes_the_median_of_unmasked_neighbours():
+    maps = torch.arange(16, dtype=torch.float32).reshape(1, 4, 4)
+    maps[0, 1, 1] = 100.0
+    mask = torch.zeros(1, 4, 4, dtype=torch.bool)
+    mask[0, 1, 1] = True
+    mask[0, 0, 0] = True
+    filled = fill_masked(maps, mask)
+    assert filled[0, 1, 1].item() == 6.0  # median of 1, 2, 4, 6, 8, 9, 10 (the corner is masked too)
+    assert filled[0, 0, 0].item() == 1.0  # of 1 and 4 the lower median; (1, 1) is masked
+    assert torch.equal(filled[~mask], maps[~mask])
+    lone = fill_masked(torch.ones(1, 1, 1) * 7, torch.ones(1, 1, 1, dtype=torch.bool))
+    assert lone.item() == 7.0  # nothing unmasked anywhere: the map's own median
+
+
+def test_artifact_mask_joins_isolated_peaks_and_outlier_norms():
+    maps = torch.full((1, 5, 5), 1.0)
+    maps[0, 2, 2] = 10.0  # an isolated peak
+    norms = torch.ones(1, 5, 5)
+    norms[0, 0, 4] = 9.0  # an outlier token whose map value is ordinary
+    mask = artifact_mask(maps, norms)
+    assert mask.nonzero().tolist() == [[0, 0, 4], [0, 2, 2]]
+    assert artifact_mask(maps).nonzero().tolist() == [[0, 2, 2]]
+
+
+def test_methods_mask_artifacts_and_keep_the_raw_map(tiny_dirs):
+    import vitprobe as vp
+
+    model = vp.load(str(tiny_dirs["vit"]))
+    image = np.random.default_rng(4).integers(0, 255, (32, 32, 3), dtype=np.uint8)
+    for method in ("cls", "layers", "rollout"):
+        raw = vp.attribute(model, image, method=method)
+        res = vp.attribute(model, image, method=method, artifacts="mask")
+        torch.testing.assert_close(res.detail["raw"], raw.maps)
+        mask = res.detail["artifacts"].bool()
+        assert mask.any() == ("masked" in res.title and not res.title.endswith(" 0 artifact patches masked"))
+        torch.testing.assert_close(res.maps, fill_masked(raw.maps, mask))
+        assert [label for label, _ in res.panels[:2]] == ["artifacts masked", "raw (artifacts kept)"]

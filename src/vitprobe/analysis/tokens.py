@@ -127,3 +127,27 @@ class ArtifactCounts(Accumulator):
             "outliers_in_peaks": in_peaks,
             "images": self.state("images"),
         }
+
+
+def fill_masked(maps: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Maps (..., H, W) with each masked cell replaced by the median of its unmasked grid neighbours (of up
+    to 8), or by the map's median over its unmasked cells when none is; unmasked cells are kept."""
+    h, w = maps.shape[-2:]
+    x = maps.reshape(-1, 1, h, w).double()
+    keep = ~mask.reshape(-1, 1, h, w)
+    padded = F.pad(torch.where(keep, x, torch.nan), (1, 1, 1, 1), value=torch.nan)
+    around = F.unfold(padded, kernel_size=3).nan_to_num(nan=torch.nan)  # (n, 9, H·W)
+    local = around.nanmedian(dim=1).values.reshape(x.shape)
+    overall = torch.stack([m[k].median() if k.any() else m.median() for m, k in zip(x, keep, strict=True)])
+    filled = torch.where(local.isnan(), overall.view(-1, 1, 1, 1), local)
+    return torch.where(keep, x, filled).reshape(maps.shape).to(maps.dtype)
+
+
+def artifact_mask(maps: torch.Tensor, norms: torch.Tensor | None = None, outlier_ratio: float = OUTLIER_RATIO,
+                  peak_ratio: float = PEAK_RATIO) -> torch.Tensor:
+    """The cells of maps (B, H, W) that are artifacts: patches whose output-token norm (B, H, W) is an
+    outlier (``norm_outliers``), or isolated peaks of the map itself (``isolated_peaks``); bool (B, H, W)."""
+    mask = isolated_peaks(maps, peak_ratio)
+    if norms is not None:
+        mask |= norm_outliers(norms.flatten(-2), outlier_ratio).reshape(maps.shape)
+    return mask

@@ -6,6 +6,7 @@ from typing import Any
 
 from ..analysis.maps import cls_maps
 from ..fusion import FUSIONS, fuse_heads
+from .artifacts import ARTIFACTS, artifact_needs, masked
 from .base import Context, Method, Needs, Result, register_method
 from .params import HEAD, HEAD_FUSION, LAYER
 
@@ -21,15 +22,16 @@ def pick_heads(heads, p: dict[str, Any]):
 @register_method
 class ClsAttention(Method):
     """Detail: ``heads`` (B, heads, H, W) the raw CLS-row probabilities over the patches (prefix
-    tokens dropped, not renormalised). Panels: every head, then the mean / max / min over heads."""
+    tokens dropped, not renormalised). Panels: every head, then the mean / max / min over heads.
+    ``artifacts="mask"``: see ``methods.artifacts``."""
 
     name = "cls"
     summary = "CLS token's attention over the patches in one layer, per head and head-fused"
-    params = (LAYER, HEAD_FUSION, HEAD)
+    params = (LAYER, HEAD_FUSION, HEAD, ARTIFACTS)
     requires = ("cls",)
 
     def needs(self, ctx: Context, p: dict[str, Any]) -> Needs:
-        return Needs(cls_layers=frozenset({ctx.resolve_layer(p["layer"])}))
+        return Needs(cls_layers=frozenset({ctx.resolve_layer(p["layer"])})) | artifact_needs(p)
 
     def compute(self, ctx: Context, p: dict[str, Any]) -> Result:
         layer = ctx.resolve_layer(p["layer"])
@@ -38,4 +40,4 @@ class ClsAttention(Method):
         maps, which = pick_heads(heads, p)
         panels = [(f"head {i}", heads[:, i]) for i in range(heads.shape[1])]
         panels += [(f"head {how}", fuse_heads(heads, how)) for how in FUSIONS]
-        return Result(maps, f"CLS attention, layer {layer}, {which}", {"heads": heads}, panels)
+        return masked(ctx, p, Result(maps, f"CLS attention, layer {layer}, {which}", {"heads": heads}, panels))

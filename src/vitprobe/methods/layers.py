@@ -8,6 +8,7 @@ import torch
 
 from ..analysis.maps import aggregate_layers, cls_maps
 from ..fusion import FUSIONS
+from .artifacts import ARTIFACTS, artifact_needs, masked
 from .base import Context, Method, Needs, Result, register_method
 from .cls import pick_heads
 from .params import HEAD, HEAD_FUSION, LAYER_FUSION
@@ -21,11 +22,11 @@ class LayerAggregation(Method):
 
     name = "layers"
     summary = "CLS maps of every layer (heads fused) aggregated over the layers by mean, max or min"
-    params = (LAYER_FUSION, HEAD_FUSION, HEAD)
+    params = (LAYER_FUSION, HEAD_FUSION, HEAD, ARTIFACTS)
     requires = ("cls",)
 
     def needs(self, ctx: Context, p: dict[str, Any]) -> Needs:
-        return Needs(cls_layers=frozenset(range(ctx.n_layers)))
+        return Needs(cls_layers=frozenset(range(ctx.n_layers))) | artifact_needs(p)
 
     def compute(self, ctx: Context, p: dict[str, Any]) -> Result:
         cap = ctx.capture
@@ -38,5 +39,5 @@ class LayerAggregation(Method):
         panels = [(f"layer {i}", per_layer[:, i]) for i in range(ctx.n_layers)]
         panels += [(f"layer {how}", aggregate_layers(by_layer, how)) for how in FUSIONS]
         which = fused[0][1]
-        return Result(maps, f"{p['layer_fusion']} over layers of the CLS maps, {which}",
-                      {"layers": per_layer, "layers_heads": layers_heads}, panels)
+        return masked(ctx, p, Result(maps, f"{p['layer_fusion']} over layers of the CLS maps, {which}",
+                                     {"layers": per_layer, "layers_heads": layers_heads}, panels))

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from ..analysis.rollout import rollout
+from .artifacts import ARTIFACTS, artifact_needs, masked
 from .base import Context, Method, Needs, Result, register_method
 from .params import DISCARD_RATIO, HEAD_FUSION
 
@@ -18,13 +19,13 @@ class Rollout(Method):
 
     name = "rollout"
     summary = "attention rollout: ½A + ½I of the fused heads multiplied through every layer, CLS row"
-    params = (HEAD_FUSION, DISCARD_RATIO)
+    params = (HEAD_FUSION, DISCARD_RATIO, ARTIFACTS)
     requires = ("cls",)
 
     def needs(self, ctx: Context, p: dict[str, Any]) -> Needs:
-        return Needs(fuse=frozenset({p["head_fusion"]}))
+        return Needs(fuse=frozenset({p["head_fusion"]})) | artifact_needs(p)
 
     def compute(self, ctx: Context, p: dict[str, Any]) -> Result:
         maps = rollout(ctx.capture.fused[p["head_fusion"]], ctx.layout, p["discard_ratio"])
         title = f"rollout, heads fused by {p['head_fusion']}, discard ratio {p['discard_ratio']:g}"
-        return Result(maps, title, panels=[("rollout", maps)])
+        return masked(ctx, p, Result(maps, title, panels=[("rollout", maps)]))
