@@ -215,3 +215,26 @@ def test_toy_method_among_the_web_demos_choices(toy, tiny_dirs, tmp_path):
     rendered = backend.render(str(tiny_dirs["vit"]), backend.store_upload(path), View("toysharp", {"power": 1.0}))
     assert rendered.caption.split(": ", 1)[1].startswith("CLS map to the power 1")
     assert set(rendered.arrays) == {"map", "raw"}
+
+
+def test_positions_and_filters_equal_their_float64_definitions(tiny_dirs):
+    model = vp.load(str(tiny_dirs["vit"]))  # a 4x4 grid of 8-px patches: the learned table's own grid
+    image = photo(5)
+    res = vp.attribute(model, image, method="positions", patch=(1, 2))
+    table = model.position_grid.double().reshape(16, -1)
+    unit = table / table.norm(dim=1, keepdim=True)
+    np.testing.assert_allclose(res.maps[0].flatten().double().numpy(), (unit @ unit[1 * 4 + 2]).numpy(), atol=1e-6)
+    assert [label for label, _ in res.panels][:2] == ["(1, 2)", "(0, 0)"]
+    filters = vp.attribute(model, image, method="filters")
+    pixels, _, _ = model.prepare(image)
+    weight = model.patch_weight.double().reshape(len(model.patch_weight), -1)  # (D, 3·P·P)
+    patches = pixels.double().unfold(2, 8, 8).unfold(3, 8, 8)  # (1, 3, 4, 4, 8, 8)
+    vectors = patches.permute(0, 2, 3, 1, 4, 5).reshape(16, -1)  # per patch its 3·P·P pixels, channel first
+    np.testing.assert_allclose(filters.maps[0].flatten().double().numpy(), (vectors @ weight.T).norm(dim=1).numpy(),
+                               rtol=1e-5)
+    mosaic = filters.panels[1][1][0]
+    assert mosaic.shape[-1] == 3 and float(mosaic.min()) >= 0 and float(mosaic.max()) <= 1
+    fig = vp.render.attribution_figure(filters)
+    assert [ax.get_title() for ax in fig.axes if ax.images][:3] == ["image", "response norm", "filters 0-31"]
+    with pytest.raises(ValueError, match="needs a model"):
+        vp.attribute(model.capture(image), method="positions")

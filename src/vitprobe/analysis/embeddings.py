@@ -79,3 +79,15 @@ def resize_positions(grid: torch.Tensor, grid_hw: tuple[int, int]) -> torch.Tens
     x = grid.detach().float().permute(2, 0, 1)[None]
     out = F.interpolate(x, size=tuple(grid_hw), mode="bicubic", align_corners=False)
     return out[0].permute(1, 2, 0)
+
+
+def tile(images: torch.Tensor, columns: int, gap: int = 1) -> torch.Tensor:
+    """Images (n, h, w, 3) in [0, 1] side by side in rows of ``columns``, ``gap`` white pixels apart:
+    -> (rows·(h + gap) − gap, columns·(w + gap) − gap, 3)."""
+    n, h, w, _ = images.shape
+    rows = -(-n // columns)
+    out = torch.ones(rows * (h + gap) - gap, columns * (w + gap) - gap, 3)
+    for i, image in enumerate(images.float()):
+        r, c = divmod(i, columns)
+        out[r * (h + gap) : r * (h + gap) + h, c * (w + gap) : c * (w + gap) + w] = image
+    return out

@@ -294,7 +294,7 @@ class Method(ABC):
 
 _REGISTRY: dict[str, Method] = {}
 _INFRASTRUCTURE = frozenset({"base", "params", "attribute", "artifacts"})
-_LISTED_FIRST = ("cls", "query", "layers", "rollout", "gradrollout", "chefer")
+_LISTED_FIRST = ("cls", "query", "layers", "rollout", "gradrollout", "chefer", "positions", "filters")
 """Modules imported first, so listings read from raw attention to gradient methods; others follow by name."""
 _loaded = False
 

@@ -183,18 +183,18 @@ def grid_figure(
 ) -> Figure:
     """The image and one overlay per (label, map (H, W)) panel, row-major, each box shaped like the image.
 
-    With ``style.colorbar`` each overlay gets a bar of the raw values its colours stand for, and a
-    line under the title says whether the panels share one scale. ``predictions`` (rows of
+    A panel given as a picture (h, w, 3) in [0, 1] (e.g. a mosaic of filters) is drawn as it is. With
+    ``style.colorbar`` each overlay gets a bar of the raw values its colours stand for, and a line
+    under the title says whether the panels share one scale. ``predictions`` (rows of
     (index, label, probability), the class to colour) adds a cell of horizontal bars. ``marks`` are
     (x, y) pixel positions of ``image`` drawn as crosses on every panel.
     """
     if normalize not in NORMALIZE_MODES:
         raise ValueError(f"unknown normalize {normalize!r}; use one of {NORMALIZE_MODES}")
     heats = [as_numpy(m) for _, m in panels]
-    if normalize == "shared":
-        bounds = [value_range(np.concatenate([h.ravel() for h in heats]), clip=style.clip)] * len(heats)
-    else:
-        bounds = [value_range(h, clip=style.clip) for h in heats]
+    maps = [h for h in heats if h.ndim == 2]  # (h, w, 3) panels are pictures, drawn as they are
+    shared = value_range(np.concatenate([h.ravel() for h in maps]), clip=style.clip) if maps else (0.0, 1.0)
+    bounds = [shared if normalize == "shared" else value_range(h, clip=style.clip) for h in heats]
     view = _thumbnail(image)
     shrink = view.width / image.width
     n = len(panels) + 1 + (predictions is not None)
@@ -229,10 +229,10 @@ def grid_figure(
             continue
         ax.set_axis_off()
         ax.set_title(label, fontsize=9, pad=3)
-        if heat is None:
-            ax.imshow(np.asarray(view), aspect="auto")
-        else:
-            ax.imshow(np.asarray(overlay(view, heat, style, lo, hi)), aspect="auto")
+        if heat is not None and heat.ndim == 3:
+            ax.imshow(np.clip(heat, 0.0, 1.0), interpolation="nearest")
+            continue
+        ax.imshow(np.asarray(view if heat is None else overlay(view, heat, style, lo, hi)), aspect="auto")
         for x, y in marks:
             ax.plot([x * shrink - 0.5], [y * shrink - 0.5], marker="+", markersize=9, markeredgewidth=1.8,
                     color=MARK_COLOUR)
