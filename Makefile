@@ -45,7 +45,7 @@ $(SAMPLES): | $(VENV)/.installed
 	$(BIN)/vitprobe samples samples
 
 demo: setup $(SAMPLES)
-	$(BIN)/vitprobe explain $(SAMPLES) --out demo_out
+	$(BIN)/vitprobe explain $(SAMPLES) --artifacts mask --out demo_out
 
 test: setup-dev
 	$(BIN)/ruff check .

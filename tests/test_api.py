@@ -24,7 +24,7 @@ def test_five_lines_on_a_tiny_model(tiny_dirs, tmp_path):
     image = photo()
     res = vp.attribute(model, [image, np.asarray(image)], method="rollout", size=(32, 48), discard_ratio=0.9)
     assert res.maps.shape == (2, 4, 6) and torch.allclose(res.maps[0], res.maps[1], atol=1e-6)
-    assert res.method == "rollout" and res.params == {"head_fusion": "mean", "discard_ratio": 0.9}
+    assert res.method == "rollout" and res.params == {"head_fusion": "mean", "discard_ratio": 0.9, "artifacts": "keep"}
     vp.render.overlay(res.images[0], res.maps[0]).save(tmp_path / "o.png")
     assert Image.open(tmp_path / "o.png").size == (60, 40)
     assert res.layout.prefix_names == ("cls", "reg0", "reg1", "reg2", "reg3")

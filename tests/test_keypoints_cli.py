@@ -106,7 +106,7 @@ def test_keypoints_tiny_model_every_finder(tiny_dirs, photos, tmp_path):
         assert result.exit_code == 0, result.output
         record = json.loads((tmp_path / find / "astronaut" / "keypoints.json").read_text())
         assert record["grid_hw"] == [4, 4] and record["find"] == find and record["method"] == "cls"
-        assert record["params"] == {"layer": -1, "head_fusion": "mean", "head": 1}
+        assert record["params"] == {"layer": -1, "head_fusion": "mean", "head": 1, "artifacts": "keep"}
         assert 1 <= len(record["keypoints"]) <= (1 if find == "weighted" else 3)
 
 

@@ -45,7 +45,8 @@ def backend(tiny_dirs, tmp_path_factory) -> DemoBackend:
 def controls(spec: str, **changes) -> list:
     """Control values in ``control_names()`` order, the page's defaults unless changed."""
     values = {"model": spec, "method": "cls", "layer": 2, "head": "fused", "head_fusion": "mean",
-              "layer_fusion": "mean", "discard_ratio": 0.0, "patch": "", "query_xy": "", "target": "", "alpha": 0.5,
+              "layer_fusion": "mean", "discard_ratio": 0.0, "patch": "", "query_xy": "",
+              "target": "", "artifacts": "keep", "alpha": 0.5,
               "cmap": "inferno", "clip": 99.0, "keypoints": False, **changes}
     return [values[name] for name in control_names()]
 
@@ -249,7 +250,7 @@ def test_method_change_shows_only_its_controls(handlers, tiny_dirs, photo):
     state = handlers.upload(str(photo), new_state(), *controls(spec))[0]
     *updates, state, _, _, status, _ = handlers.change_method(state, *controls(spec, method="rollout"))
     visible = {name for name, update in zip(vp_params(), updates, strict=True) if update["visible"]}
-    assert visible == {"head_fusion", "discard_ratio"} and status.split(": ", 1)[1].startswith("rollout")
+    assert visible == {"head_fusion", "discard_ratio", "artifacts"} and status.split(": ", 1)[1].startswith("rollout")
 
 
 def test_model_change_fits_the_controls_and_download_handler(handlers, tiny_dirs, photo):

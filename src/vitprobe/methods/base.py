@@ -348,7 +348,7 @@ class MethodInfo:
     requires: tuple[str, ...]
 
     def __repr__(self) -> str:
-        return f"<method {self.name}({', '.join(f'{p.name}={p.default!r}' for p in self.params)}): {self.summary}>"
+        return f"{self.name}({', '.join(f'{p.name}={p.default!r}' for p in self.params)}): {self.summary}"
 
     def __str__(self) -> str:
         needs = f" (needs: {', '.join(self.requires)})" if self.requires else ""
@@ -358,9 +358,16 @@ class MethodInfo:
         return "\n".join(lines)
 
 
-def methods() -> list[MethodInfo]:
+class MethodList(list):
+    """The list ``methods()`` returns; it prints one line per method (name, parameters with defaults, summary)."""
+
+    def __repr__(self) -> str:
+        return "\n".join(map(repr, self))
+
+
+def methods() -> MethodList:
     """Every registered method: name, one line, parameters with defaults, and what it needs."""
-    return [MethodInfo(m.name, m.summary, m.params, m.requires) for m in (get_method(n) for n in method_names())]
+    return MethodList(MethodInfo(m.name, m.summary, m.params, m.requires) for m in map(get_method, method_names()))
 
 
 @dataclass(repr=False)
