@@ -90,7 +90,8 @@ def test_cache_round_trip(monkeypatch, tmp_path, converted, pixels):
     files = sorted(p.name for p in target.iterdir())
     assert files == ["config.json", "model.safetensors"]
     assert not [p for p in tmp_path.rglob("*") if p.suffix in {".bin", ".pt", ".pth", ".pkl"}]
-    assert sorted(p.name for p in tmp_path.iterdir()) == [offline.OFFLINE_NAME]  # no staging dir left
+    left = sorted(p.name for p in tmp_path.iterdir())
+    assert left == [f".{offline.OFFLINE_NAME}.lock", offline.OFFLINE_NAME]  # the build's lock; no staging dir left
 
     def no_conversion(onnx_file):
         raise AssertionError("second load must come from the cache")

@@ -8,7 +8,7 @@ from tests.torchvision_stub import import_timm
 
 TORCHVISION = import_timm()
 """"real" or "stub": the torchvision timm was imported with; None when timm is not installed."""
-SKIP_REASON = "timm is not installed: pip install 'vitprobe[timm]' (with --no-deps where torchvision is broken)"
+SKIP_REASON = "timm is not installed: pip install -e '.[timm]' (with --no-deps where torchvision is broken)"
 
 PATCH = 8
 IMAGE = 32

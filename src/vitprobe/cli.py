@@ -155,5 +155,13 @@ _register_commands()
 
 
 def main() -> None:
+    """The ``vitprobe`` command. A full disk anywhere ends it with one line naming the file being written and
+    the free space (exit 1): everything already written is whole, and the same command goes on from there."""
+    from .io.files import DiskFull
+
     logging.basicConfig(level=logging.WARNING, format="vitprobe: %(message)s")
-    app()
+    try:
+        app()
+    except DiskFull as err:
+        typer.echo(f"vitprobe: error: {err}", err=True)
+        sys.exit(1)

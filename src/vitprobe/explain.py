@@ -11,6 +11,7 @@ from typing import Any
 import numpy as np
 
 from . import render
+from .io.files import atomic_write, atomic_write_text
 from .methods import MethodSpec, attribute
 from .models.base import ImageInput, VitModel
 from .render.style import Style
@@ -54,7 +55,7 @@ def explain_image(model: VitModel, image: ImageInput, out_dir: Path, opts: Expla
         if result.targets is not None:
             entry["target"] = {"index": result.targets[0], "label": result.labels.get(result.targets[0])}
         described.append(entry)
-    np.savez_compressed(out_dir / "maps.npz", **arrays)
+    atomic_write(out_dir / "maps.npz", lambda f: np.savez_compressed(f, **arrays), "the maps")
     first = results[0]
     summary = {
         **model.describe(),
@@ -71,5 +72,5 @@ def explain_image(model: VitModel, image: ImageInput, out_dir: Path, opts: Expla
     if top:
         summary["top5" if opts.top_k == 5 else f"top{opts.top_k}"] = [
             {"index": i, "label": label, "probability": round(p, 5)} for i, label, p in top]
-    (out_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+    atomic_write_text(out_dir / "summary.json", json.dumps(summary, indent=2), "the summary")
     return summary

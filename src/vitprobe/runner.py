@@ -29,6 +29,7 @@ Memory stays bounded by one batch: attention is reduced per layer as the forward
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import math
@@ -37,7 +38,7 @@ import resource
 import signal
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass
 from datetime import timedelta
 from pathlib import Path
@@ -56,6 +57,7 @@ from .io.images import ImageLoadError, list_images, load_image
 from .io.preprocess import PreprocessSpec, preprocess
 from .io.store import (
     RECORD_COLUMNS,
+    RunLocked,
     RunStore,
     atomic_write_bytes,
     atomic_write_text,
@@ -493,7 +495,42 @@ def run_analysis(
     if opts.batch_size < 1:
         raise ValueError(f"batch size must be at least 1, got {opts.batch_size}")
     images = images[: opts.limit] if opts.limit is not None else list(images)
-    store = RunStore(out)
+    with hold(out, ranks):
+        return _run_locked(model, images, RunStore(out), opts, ranks)
+
+
+@contextlib.contextmanager
+def hold(out: Path, ranks: Ranks) -> Iterator[None]:
+    """Hold the output folder for this run: rank 0 takes its lock for all the ranks of the run, and every
+    rank raises ``RunLocked`` (naming the holder) when another run has it. Nested holds are free."""
+    with contextlib.ExitStack() as held:
+        refused = None
+        if ranks.rank == 0:
+            try:
+                held.enter_context(RunStore(out).lock())
+            except RunLocked as err:
+                refused = str(err)
+        refused = agree(ranks, refused)
+        if refused:
+            raise RunLocked(refused)
+        yield
+
+
+def agree(ranks: Ranks, value: str | None) -> str | None:
+    """Rank 0's ``value`` on every rank (one process: the value itself)."""
+    if not ranks.distributed:
+        return value
+    import torch.distributed as dist
+
+    box = [value]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+def _run_locked(
+    model: VitModel, images: list[Path], store: RunStore, opts: AnalyzeOptions, ranks: Ranks
+) -> dict | None:
+    """``run_analysis`` once the folder is this run's."""
     manifest = manifest_for(model, images, opts, ranks)
     if ranks.rank == 0:
         store.claim(manifest)
@@ -501,6 +538,8 @@ def run_analysis(
     if ranks.rank != 0:
         store.claim(manifest)  # written by rank 0: only checks
     store.clean_partial(ranks.rank, ranks.world)
+    store.verify_part(ranks.rank, ranks.world)
+    barrier(ranks)
     timing = run_shard(model, images, store, opts, ranks)
     atomic_write_text(store.part_dir(ranks.rank, ranks.world) / "timing.json", json.dumps(timing))
     barrier(ranks)

@@ -33,6 +33,7 @@ from tqdm.auto import tqdm
 
 from . import render
 from .choices import VIDEO_SHORT_SIDE
+from .io.files import atomic_write
 from .localization import default_short_side, whole_image_hw
 from .methods import attribute, check, get_method
 from .models.base import VitModel
@@ -152,7 +153,7 @@ def attention_video(
         paths = [Path(p) for p in outputs]
         written = 0
         with VideoReader(source, opts.fps, n, opts.start, opts.end) as reader:
-            writers = [VideoWriter(p, fps, size_hw) for p in paths]
+            writers, finished = [VideoWriter(p, fps, size_hw) for p in paths], False
             try:
                 for frame in tqdm(reader, total=n, desc="overlay", unit="frame", disable=not progress):
                     picture = render.overlay(Image.fromarray(frame), maps[written], opts.style,
@@ -160,13 +161,14 @@ def attention_video(
                     for writer in writers:
                         writer.write(np.asarray(picture))
                     written += 1
+                finished = written == n
             finally:
                 for writer in writers:
-                    writer.close()
+                    writer.close(keep=finished)
         if written != n:
             raise VideoError(f"{source}: decoded {n} frames the first time and {written} the second")
         if maps_path is not None:
-            np.save(maps_path, maps)
+            atomic_write(maps_path, lambda f, maps=maps: np.save(f, maps), "the per-frame maps")
         del maps
     return VideoResult(n, fps, size_hw, tuple(grid_hw), (lo, hi), model_seconds, time.perf_counter() - start,
                        paths + ([Path(maps_path)] if maps_path is not None else []))

@@ -40,10 +40,11 @@ def register(app: typer.Typer) -> None:
         import torch
 
         from ..io.images import ImageLoadError
-        from ..io.store import require
+        from ..io.store import RunLocked, require
         from ..runner import (
             AnalyzeOptions,
             default_device,
+            hold,
             init_distributed,
             ranks_from_env,
             read_image_list,
@@ -76,25 +77,27 @@ def register(app: typer.Typer) -> None:
         init_distributed(ranks, torch.device(device))
         try:
             vit = load_model(model, device)
-            try:
-                vit.resolve_layers([spread_layer])
-                aggregates = run_analysis(vit, images, out, opts, ranks)
-            except ValueError as err:
-                raise fail(str(err)) from None
-            except KeyboardInterrupt:
-                raise fail("interrupted; finished batches are kept: run the same command to resume", 130) from None
-            if aggregates is None:  # not rank 0
-                return
-            counts = aggregates["images"]
-            if counts["analysed"] == 0:
-                raise fail(f"none of the {counts['listed']} images could be analysed; reasons in "
-                           f"{Path(out) / 'failures.csv'}", 1)
-            if report:
-                from ..render.report import ReportOptions, write_report
-                from ..reporting import report_inputs
+            with hold(out, ranks):  # the report too is written while the folder is this run's
+                try:
+                    vit.resolve_layers([spread_layer])
+                    aggregates = run_analysis(vit, images, out, opts, ranks)
+                except ValueError as err:
+                    raise fail(str(err)) from None
+                except KeyboardInterrupt:
+                    raise fail("interrupted; finished batches are kept: run the same command to resume",
+                               130) from None
+                if aggregates is None:  # not rank 0
+                    return
+                counts = aggregates["images"]
+                if counts["analysed"] == 0:
+                    raise fail(f"none of the {counts['listed']} images could be analysed; reasons in "
+                               f"{Path(out) / 'failures.csv'}", 1)
+                if report:
+                    from ..render.report import ReportOptions, write_report
+                    from ..reporting import report_inputs
 
-                opts = ReportOptions(examples=examples, size=size)
-                write_report(out, aggregates, report_inputs(vit, aggregates, opts), opts.style)
+                    opts = ReportOptions(examples=examples, size=size)
+                    write_report(out, aggregates, report_inputs(vit, aggregates, opts), opts.style)
             timing = aggregates["timing"]
             speed = timing["images_per_second"]
             typer.echo(
@@ -104,6 +107,8 @@ def register(app: typer.Typer) -> None:
                 + (f" at {speed:.2f} images/s" if speed else "")
                 + f", peak memory {max(timing['peak_rss_mb_per_rank']):.0f} MB; results in {Path(out).resolve()}"
             )
+        except RunLocked as err:
+            raise fail(str(err)) from None
         finally:
             if ranks.distributed:
                 import torch.distributed as dist

@@ -111,6 +111,7 @@ def register(app: typer.Typer) -> None:
         from ..analysis.thresholds import Threshold
         from ..coco import AnnotationError, load_coco
         from ..evaluate import LocalizeOptions
+        from ..io.files import atomic_write, atomic_write_text
         from ..localization import EvalOptions, evaluate_dataset, localize
 
         tokens, specs = method_specs(method, method_options or [])
@@ -151,7 +152,8 @@ def register(app: typer.Typer) -> None:
         def on_image(image: ImageTruth, result: Attribution) -> None:
             figures.mkdir(parents=True, exist_ok=True)
             figure = draw_evaluation(image, localize(result, local)[0], result, style)
-            figure.save(figures / Path(image.file_name).with_suffix(".png").as_posix().replace("/", "__"))
+            name = figures / Path(image.file_name).with_suffix(".png").as_posix().replace("/", "__")
+            atomic_write(name, lambda f: figure.save(f, format="PNG"), "an evaluation figure")
 
         try:
             report = evaluate_dataset(vit, truth, images, opts, on_error, on_image if figures else None)
@@ -169,8 +171,7 @@ def register(app: typer.Typer) -> None:
                 "alpha": alpha, "tolerance": tolerance, "draws": draws, "seed": seed,
                 "short_side": short_side, "sigma": opts.sigma, "errors": errors,
             }
-            out.parent.mkdir(parents=True, exist_ok=True)
-            out.write_text(json.dumps(report, indent=2))
+            atomic_write_text(out, json.dumps(report, indent=2), "the report")
         if errors or n == 0:
             if n == 0:
                 typer.echo("vitprobe: error: no annotated image could be evaluated", err=True)

@@ -110,8 +110,9 @@ def register(app: typer.Typer) -> None:
         coco_path = out / "keypoints_coco.json"
         if records:
             from ..coco import found_to_coco
+            from ..io.files import atomic_write_text
 
-            coco_path.write_text(json.dumps(found_to_coco(records), indent=1))
+            atomic_write_text(coco_path, json.dumps(found_to_coco(records), indent=1), "the COCO summary")
         typer.echo(f"{len(records)} of {len(paths)} images with {vit.name}; results in {out.resolve()}"
                    + (f", COCO-style summary {coco_path.name}" if records else ""))
         if failures:
@@ -127,6 +128,7 @@ def write_result(
     from PIL import Image
 
     from .. import render
+    from ..io.files import atomic_write, atomic_write_text
     from ..render.annotate import annotate
 
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -136,8 +138,9 @@ def write_result(
     outlined = annotate(base, mask=found.mask, colour=(255, 255, 255), mask_alpha=0.0)
     drawn = annotate(outlined, points=[(k.x, k.y) for k in points], boxes=[k.box for k in points],
                      labels=[str(i + 1) for i in range(len(points))])
-    drawn.save(out_dir / "overlay.png")
-    Image.fromarray(found.mask.astype(np.uint8) * 255).save(out_dir / "mask.png")
+    atomic_write(out_dir / "overlay.png", lambda f: drawn.save(f, format="PNG"), "the overlay")
+    mask = Image.fromarray(found.mask.astype(np.uint8) * 255)
+    atomic_write(out_dir / "mask.png", lambda f: mask.save(f, format="PNG"), "the mask")
     record = {
         "image": str(path),
         "file_name": path.name,
@@ -161,5 +164,5 @@ def write_result(
         "mask_pixels": int(found.mask.sum()),
         "overlay": "overlay.png",
     }
-    (out_dir / "keypoints.json").write_text(json.dumps(record, indent=2))
+    atomic_write_text(out_dir / "keypoints.json", json.dumps(record, indent=2), "the keypoints")
     return record

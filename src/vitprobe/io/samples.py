@@ -24,7 +24,7 @@ def write_samples(out_dir: Path, names: Iterable[str] = SAMPLE_NAMES) -> list[Pa
     try:
         from skimage import data
     except ImportError as exc:
-        raise RuntimeError("sample photos need scikit-image: pip install 'vitprobe[samples]'") from exc
+        raise RuntimeError("sample photos need scikit-image: pip install -e '.[samples]'") from exc
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     written = []

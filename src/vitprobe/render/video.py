@@ -7,13 +7,17 @@ lazily; without it every entry point raises ``VideoError`` naming the extra.
 
 from __future__ import annotations
 
+import os
 import re
+import uuid
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
 
 import numpy as np
+
+from ..io.files import TMP_PREFIX, share
 
 OUTPUT_SUFFIXES = (".mp4", ".gif")
 
@@ -48,7 +52,7 @@ def _ffmpeg() -> ModuleType:
     try:
         import imageio_ffmpeg
     except ImportError:
-        raise VideoError("video needs imageio-ffmpeg: pip install 'vitprobe[video]'") from None
+        raise VideoError("video needs imageio-ffmpeg: pip install -e '.[video]'") from None
     return imageio_ffmpeg
 
 
@@ -146,8 +150,10 @@ class VideoWriter:
 
     The size is kept exactly: even sizes are stored as yuv420p (plays everywhere), odd ones as
     yuv444p (H.264 cannot subsample an odd size; some players, browsers among them, refuse
-    4:4:4). GIFs get one palette per frame. Use as a context manager: leaving it finishes the
-    file, and an ffmpeg failure raises ``VideoError``.
+    4:4:4). GIFs get one palette per frame. Frames go to a temporary file beside ``path`` that is
+    renamed onto it only when the video is finished, so a failure (a full disk) leaves no half a
+    video under the final name. Use as a context manager: leaving it finishes the file (or, on an
+    exception, discards it), and an ffmpeg failure raises ``VideoError``.
     """
 
     def __init__(self, path: str | Path, fps: float, size_hw: tuple[int, int]) -> None:
@@ -168,7 +174,8 @@ class VideoWriter:
                       "output_params": ["-movflags", "+faststart"]}
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.frames = 0
-        self._gen = _ffmpeg().write_frames(str(self.path), (w, h), fps=fps, macro_block_size=1,
+        self._partial = self.path.with_name(f"{TMP_PREFIX}{self.path.stem}-{uuid.uuid4().hex[:8]}{suffix}")
+        self._gen = _ffmpeg().write_frames(str(self._partial), (w, h), fps=fps, macro_block_size=1,
                                            ffmpeg_log_level="error", **kwargs)
         self._gen.send(None)
 
@@ -182,15 +189,24 @@ class VideoWriter:
             raise VideoError(f"{self.path}: ffmpeg stopped writing ({_reason(err)})") from None
         self.frames += 1
 
-    def close(self) -> None:
-        """Finish the file (ffmpeg flushes and exits); raises ``VideoError`` when it left no file."""
-        self._gen.close()
-        if self.frames and not (self.path.is_file() and self.path.stat().st_size > 0):
+    def close(self, keep: bool = True) -> None:
+        """Finish the file (ffmpeg flushes and exits) and put it in place; with ``keep`` False (a failed run)
+        remove what was written. Raises ``VideoError`` when ffmpeg left no file."""
+        try:
+            self._gen.close()
+        finally:
+            written = self._partial.is_file() and self._partial.stat().st_size > 0
+            if keep and written:
+                share(self._partial)
+                os.replace(self._partial, self.path)
+            else:
+                self._partial.unlink(missing_ok=True)
+        if keep and self.frames and not written:
             raise VideoError(f"{self.path}: ffmpeg wrote no file")
 
     def __enter__(self) -> VideoWriter:
         return self
 
-    def __exit__(self, *exc) -> None:
-        self.close()
+    def __exit__(self, kind, *exc) -> None:
+        self.close(keep=kind is None)
 
