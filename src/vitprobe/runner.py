@@ -81,6 +81,16 @@ LAYER_METRICS = (
     "cls_isolated_peak_share",
     "outliers_in_cls_peaks_share",
 )
+NAN_POLICY = {
+    "records.parquet": "outliers_in_cls_peaks_share is NaN for an image and layer without outlier tokens (no share "
+                       "to take); every other metric is defined for every analysed image",
+    "metrics": "mean and std over every analysed image, NaN counted: a NaN value would make its entry NaN (null "
+               "in JSON); none of these metrics can be NaN for softmax attention",
+    "artifacts": "shares of counts pooled over the dataset; outliers_in_peaks is null for a layer where no image "
+                 "has an outlier token",
+}
+"""How undefined values are handled, written into aggregates.json."""
+
 CLS_METRICS = ("entropy_cls", "entropy_cls_map", "entropy_rollout_map", "cls_isolated_peak_share",
                "outliers_in_cls_peaks_share")
 LIST_COMMENT = "#"
@@ -454,6 +464,7 @@ def aggregate_summary(
                              "mean": stats["mean"], "std": stats["std"], "images": int(stats["count"])}
     out = {
         "model": model.describe(),
+        "nan_policy": NAN_POLICY,
         "images": {"listed": len(images), "analysed": int(accs["artifacts"].state("images")),
                    "failed": len(failures)},
         "input_sizes": input_sizes,
