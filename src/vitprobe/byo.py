@@ -31,18 +31,26 @@ def _natural_key(name: str) -> tuple:
 
 
 def _float_tensor(array: Any) -> torch.Tensor:
-    """A float32 CPU tensor from a torch tensor or anything ``numpy.asarray`` reads (TF, JAX, lists)."""
+    """A float32 CPU tensor from a torch tensor or anything ``numpy.asarray`` reads (TF, JAX, lists);
+    ``ValueError`` for anything that is not real numbers (complex, strings, objects)."""
     if isinstance(array, torch.Tensor):
+        if array.is_complex():
+            raise ValueError("attention must be real numbers, got a complex tensor")
         return array.detach().to("cpu", torch.float32)
-    return torch.from_numpy(np.asarray(array, dtype=np.float32))
+    values = np.asarray(array)
+    if values.dtype.kind not in "biuf":
+        raise ValueError(f"attention must be real numbers, got an array of {values.dtype}")
+    return torch.from_numpy(values.astype(np.float32))
 
 
 def _as_tensor(array: Any, where: str) -> torch.Tensor:
     tensor = _float_tensor(array)
     if tensor.dim() == 3:
         tensor = tensor[None]
-    if tensor.dim() != 4 or tensor.shape[-1] != tensor.shape[-2]:
+    if tensor.dim() != 4 or tensor.shape[-1] != tensor.shape[-2] or tensor.numel() == 0:
         raise ValueError(f"{where}: expected attention (B, heads, T, T) or (heads, T, T), got {tuple(tensor.shape)}")
+    if not torch.isfinite(tensor).all():
+        raise ValueError(f"{where}: attention holds NaN or infinity; rows must be probabilities (softmax outputs)")
     return tensor
 
 
@@ -55,6 +63,8 @@ def _prefix_names(prefix_tokens: int | Sequence[str]) -> tuple[str, ...]:
 
 
 def _grid(n_patches: int, grid_hw: tuple[int, int] | None) -> tuple[int, int]:
+    if n_patches < 1:
+        raise ValueError(f"the attention has {max(n_patches, 0)} patch tokens after the prefix; it needs at least one")
     if grid_hw is not None:
         if grid_hw[0] * grid_hw[1] != n_patches:
             raise ValueError(f"grid_hw {tuple(grid_hw)} does not hold the attention's {n_patches} patch tokens")

@@ -53,7 +53,7 @@ from .analysis.entropy import RowEntropy, SpreadLevels, map_entropy
 from .analysis.maps import cls_maps
 from .analysis.rollout import rollout
 from .analysis.tokens import ArtifactCounts, artifact_counts
-from .io.images import ImageLoadError, list_images, load_image
+from .io.images import ImageLoadError, list_images, load_image, printable
 from .io.preprocess import PreprocessSpec, preprocess
 from .io.store import (
     RECORD_COLUMNS,
@@ -195,9 +195,9 @@ class _BatchLoader(Dataset):
                 pixels, _, _ = preprocess(load_image(path), self.spec, self.patch)
                 loaded.append((image_index, pixels))
             except ImageLoadError as err:
-                failures.append((str(path), err.reason))
+                failures.append((printable(path), err.reason))
             except Exception as err:  # any other reason a file cannot be used: recorded, never stops the run
-                failures.append((str(path), f"{type(err).__name__}: {err}"))
+                failures.append((printable(path), f"{type(err).__name__}: {err}"))
         return index, loaded, failures
 
 
@@ -321,7 +321,7 @@ def update_accumulators(
 
 def manifest_for(model: VitModel, images: list[Path], opts: AnalyzeOptions, ranks: Ranks) -> dict:
     """What must stay the same for a resumed run to continue this one."""
-    listing = hashlib.sha256("\n".join(map(str, images)).encode()).hexdigest()
+    listing = hashlib.sha256("\n".join(map(str, images)).encode("utf-8", "surrogateescape")).hexdigest()
     kept = {k: v for k, v in asdict(opts).items() if k not in ("workers", "progress")}
     kept["size"] = list(opts.size) if opts.size else None
     return {
@@ -406,7 +406,7 @@ def run_shard(
                 indices = [i for i, _ in group]
                 metrics, counts = probe_pixels(model, torch.stack([p for _, p in group]), opts)
                 update_accumulators(accs, metrics, counts, indices, spread_pos)
-                part = long_records([str(images[i]) for i in indices], layers, metrics)
+                part = long_records([printable(images[i]) for i in indices], layers, metrics)
                 for key in columns:
                     columns[key].extend(part[key])
             store.write_batch(ranks.rank, ranks.world, index, columns, failures, flat_states(accs))

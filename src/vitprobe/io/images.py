@@ -89,6 +89,8 @@ def list_images(paths: Iterable[str | Path]) -> list[Path]:
 
     A file named directly is kept whatever its suffix, and so is a path that does not exist, so a
     wrong or missing file fails with its own line at load time while the others are still processed.
+    Inside folders, every non-folder entry with an image suffix is listed, links that lead nowhere or
+    loop and FIFOs included, so each of those gets its own line too instead of vanishing.
     """
     if isinstance(paths, (str, Path)):
         paths = [paths]
@@ -96,7 +98,7 @@ def list_images(paths: Iterable[str | Path]) -> list[Path]:
     for entry in map(Path, paths):
         if entry.is_dir():
             found.extend(
-                sorted(p for p in entry.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+                sorted(p for p in entry.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and not p.is_dir())
             )
         else:
             found.append(entry)
@@ -219,6 +221,11 @@ def _amount(pixels: int) -> str:
     return f"{pixels / 1e6:.1f} Mpx" if pixels >= 100_000 else f"{pixels} px"
 
 
+def printable(path: str | Path) -> str:
+    """A path as text that any output takes: bytes of the name that are no UTF-8 written as ``\\xff``."""
+    return str(path).encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+
+
 def _one_line(text: str) -> str:
-    """Escape line breaks so a message stays on one line whatever the file name holds."""
-    return text.replace("\r", "\\r").replace("\n", "\\n")
+    """Escape line breaks (and bytes of a file name that are no UTF-8) so a message stays one printable line."""
+    return printable(text).replace("\r", "\\r").replace("\n", "\\n")
