@@ -3,6 +3,7 @@ bounded memory, and a panning video whose heat map must follow the object (offli
 
 from __future__ import annotations
 
+import subprocess
 import tracemalloc
 from pathlib import Path
 
@@ -254,3 +255,40 @@ def test_time_range_and_the_default_speed_first_size(tiny_dirs, tmp_path):
     bad = runner.invoke(app, ["video", str(video), "--out", str(out), "--model", str(tiny_dirs["vit"]),
                               "--start", "2", "--end", "1"])
     assert bad.exit_code == 2 and "0 <= start < end" in bad.stderr
+
+
+def ffmpeg(*args: str) -> None:
+    subprocess.run([imageio_ffmpeg.get_ffmpeg_exe(), "-y", "-loglevel", "error", *args], check=True, timeout=60)
+
+
+def test_a_video_without_video_frames_is_one_line(tiny_dirs, tmp_path):
+    audio = tmp_path / "audio_only.mp4"
+    ffmpeg("-f", "lavfi", "-i", "sine=duration=1", str(audio))
+    result = runner.invoke(app, ["video", str(audio), "--out", str(tmp_path / "o.mp4"), "--model",
+                                 str(tiny_dirs["vit"])])
+    assert result.exit_code == 1
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "audio_only.mp4: not a readable video" in lines[0]
+
+
+def test_rotated_and_variable_rate_videos_are_read_upright_and_in_time(tiny_dirs, tmp_path):
+    plain = tmp_path / "plain.mp4"
+    ffmpeg("-f", "lavfi", "-i", "testsrc=size=64x48:rate=10:duration=1", "-c:v", "libx264", "-pix_fmt", "yuv420p",
+           str(plain))
+    rotated = tmp_path / "rotated.mp4"
+    ffmpeg("-display_rotation", "90", "-i", str(plain), "-c", "copy", str(rotated))
+    out = tmp_path / "upright.mp4"
+    result = runner.invoke(app, ["video", str(rotated), "--out", str(out), "--model", str(tiny_dirs["vit"])])
+    assert result.exit_code == 0 and "frame size" not in result.stderr, result.output  # only the progress bars
+    meta, frames = probe(out)
+    assert len(frames) == 10 and frames[0].shape == (64, 48, 3)  # portrait: the rotation was applied
+    vfr = tmp_path / "vfr.mp4"
+    ffmpeg("-f", "lavfi", "-i", "testsrc=size=64x48:rate=10:duration=2", "-vf",
+           "setpts='if(lt(N,10),N/10/TB,(2*N-10)/10/TB)'", "-fps_mode", "vfr", "-c:v", "libx264", "-pix_fmt",
+           "yuv420p", str(vfr))
+    result = runner.invoke(app, ["video", str(vfr), "--out", str(tmp_path / "vfr_out.mp4"), "--model",
+                                 str(tiny_dirs["vit"])])
+    assert result.exit_code == 0, result.output
+    in_meta = imageio_ffmpeg.count_frames_and_secs(str(vfr))
+    out_meta = imageio_ffmpeg.count_frames_and_secs(str(tmp_path / "vfr_out.mp4"))
+    assert abs(out_meta[1] - in_meta[1]) < 0.3  # plays as long as the input (2.9 s: 10 frames at 10/s, 10 at 5/s)

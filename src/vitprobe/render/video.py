@@ -1,12 +1,15 @@
 """Stream video frames in and out through the ffmpeg binary that ``imageio-ffmpeg`` ships.
 
 Frames are (H, W, 3) uint8 RGB arrays, read and written one at a time, so memory does not grow
-with the length of the video. ``imageio-ffmpeg`` (the optional ``video`` extra) is imported
+with the length of the video. A video with rotation metadata is read upright (ffmpeg applies the
+rotation) and written upright; one with a variable frame rate is read at its average rate (ffmpeg
+repeats or drops frames to it), so the output plays as long as the input. ``imageio-ffmpeg`` (the optional ``video`` extra) is imported
 lazily; without it every entry point raises ``VideoError`` naming the extra.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 import uuid
@@ -53,6 +56,9 @@ def _ffmpeg() -> ModuleType:
         import imageio_ffmpeg
     except ImportError:
         raise VideoError("video needs imageio-ffmpeg: pip install -e '.[video]'") from None
+    # it warns when a rotated video's frames come out upright (their size then differs from the stream's):
+    # that is what we want, and no line for the user
+    logging.getLogger("imageio_ffmpeg").setLevel(logging.ERROR)
     return imageio_ffmpeg
 
 
@@ -87,6 +93,19 @@ class VideoReader:
             raise VideoError(f"fps must be positive, got {fps}")
         if start < 0 or (end is not None and end <= start):
             raise VideoError(f"the time range must have 0 <= start < end, got start {start:g}, end {end}")
+        meta = self._open(fps, start, end)
+        if fps is None and meta.get("fps"):  # decode at the rate the container states, as it will be written
+            self.close()
+            meta = self._open(float(meta["fps"]), start, end)
+        width, height = meta["size"]
+        self.info = VideoInfo(float(meta.get("fps") or 0.0), (int(height), int(width)),
+                              float(meta.get("duration") or 0.0))
+        self.fps = float(fps) if fps is not None else self.info.fps
+        self.max_frames = max_frames
+        self.seconds = max(0.0, (self.info.duration if end is None else min(end, self.info.duration)) - start)
+
+    def _open(self, fps: float | None, start: float, end: float | None) -> dict:
+        """Start ffmpeg decoding at ``fps`` (None: as stored) over [start, end); returns its metadata."""
         output = ["-vf", f"fps={fps}"] if fps is not None else []
         if end is not None:
             output += ["-t", f"{end - start:.6f}"]
@@ -94,15 +113,11 @@ class VideoReader:
         self._gen = _ffmpeg().read_frames(str(self.path), input_params=seek, output_params=output)
         try:
             meta = next(self._gen)
-            width, height = meta["size"]
-        except (OSError, RuntimeError, KeyError, ValueError, StopIteration) as err:
+            meta["size"] = tuple(meta["size"])
+        except (OSError, RuntimeError, KeyError, ValueError, TypeError, StopIteration) as err:
             self.close()
             raise VideoError(f"{self.path}: not a readable video ({_reason(err)})") from None
-        self.info = VideoInfo(float(meta.get("fps") or 0.0), (int(height), int(width)),
-                              float(meta.get("duration") or 0.0))
-        self.fps = float(fps) if fps is not None else self.info.fps
-        self.max_frames = max_frames
-        self.seconds = max(0.0, (self.info.duration if end is None else min(end, self.info.duration)) - start)
+        return meta
 
     @property
     def frames_estimate(self) -> int:
