@@ -3,8 +3,9 @@
 Frames are (H, W, 3) uint8 RGB arrays, read and written one at a time, so memory does not grow
 with the length of the video. A video with rotation metadata is read upright (ffmpeg applies the
 rotation) and written upright; one with a variable frame rate is read at its average rate (ffmpeg
-repeats or drops frames to it), so the output plays as long as the input. ``imageio-ffmpeg`` (the optional ``video`` extra) is imported
-lazily; without it every entry point raises ``VideoError`` naming the extra.
+repeats or drops frames to it), so the output plays as long as the input. ``imageio-ffmpeg`` (the
+optional ``video`` extra) is imported lazily; without it every entry point raises ``VideoError``
+naming the extra.
 """
 
 from __future__ import annotations
