@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import gc
 import io
 import json
 import os
@@ -416,3 +417,79 @@ def test_listen_all_warns_before_anything_else(tmp_path):
     warning, error = result.stderr.strip().splitlines()
     assert warning.startswith("vitprobe: warning: --listen-all serves the demo on every network interface")
     assert error.startswith("vitprobe: error: cannot load model")
+
+
+def test_a_session_keeps_one_upload_and_its_end_removes_it(handlers, tiny_dirs, photo):
+    uploads = handlers.backend.work_dir / "uploads"
+    before = set(uploads.iterdir())
+    state = handlers.upload(str(photo), new_state(), *controls(str(tiny_dirs["vit"])))[0]
+    state = handlers.upload(str(photo), state, *controls(str(tiny_dirs["vit"])))[0]
+    mine = set(uploads.iterdir()) - before
+    assert len(mine) == 1 and state["image"] == f"upload:{mine.pop().stem}"  # the first one was removed
+    handlers.forget(state)  # what gradio calls when the session ends
+    assert set(uploads.iterdir()) == before
+    handlers.forget({"image": "sample:chelsea"})  # samples and odd keys are left alone
+    handlers.forget({"image": "upload:../../etc/passwd"})
+
+
+LOAD_SCRIPT = """
+import json, sys, time
+from concurrent.futures import ThreadPoolExecutor
+from gradio_client import Client, handle_file
+
+def upload(_):
+    started = time.monotonic()
+    try:
+        status = Client(sys.argv[1], verbose=False).predict(handle_file(sys.argv[2]), api_name="/upload")[2]
+    except Exception as err:  # gradio's own refusal when its queue is full
+        status = "refused: " + str(err).splitlines()[0]
+    return status, time.monotonic() - started
+
+with ThreadPoolExecutor(int(sys.argv[3])) as pool:
+    print(json.dumps(list(pool.map(upload, range(int(sys.argv[3]))))))
+"""
+
+
+def test_twenty_simultaneous_uploads_all_get_an_answer(tiny_dirs, photo, tmp_path, monkeypatch):
+    """A local load script (127.0.0.1, 20 clients at once, each bounded in time) against the demo: every upload
+    is drawn or answered "busy" in one line, the server keeps serving, and nothing of the requests is kept."""
+    pytest.importorskip("gradio")
+    import tracemalloc
+
+    from vitprobe.web import build_demo
+    from vitprobe.web.app import BUSY
+
+    monkeypatch.setenv("GRADIO_TEMP_DIR", str(tmp_path / "gradio"))
+    demo = build_demo([str(tiny_dirs["vit"])], work_dir=tmp_path / "work", samples=False, wait_s=5.0)
+    port = free_port()
+    demo.launch(server_name="127.0.0.1", server_port=port, share=False, prevent_thread_lock=True, quiet=True)
+    url = f"http://127.0.0.1:{port}/"
+
+    def load(n: int) -> list[tuple[str, float]]:
+        done = subprocess.run([sys.executable, "-c", LOAD_SCRIPT, url, str(photo), str(n)], capture_output=True,
+                              text=True, timeout=300)
+        assert done.returncode == 0, done.stderr[-2000:]
+        return [tuple(item) for item in json.loads(done.stdout)]
+
+    try:
+        load(3)  # warm up: caches, thread pools, the first figures
+        gc.collect()
+        tracemalloc.start()
+        before = tracemalloc.take_snapshot()
+        answers = load(20)
+        gc.collect()
+        kept = sum(stat.size_diff for stat in tracemalloc.take_snapshot().compare_to(before, "filename"))
+        tracemalloc.stop()
+        statuses = [status for status, _ in answers]
+        drawn = [s for s in statuses if "CLS attention, layer 2" in s]
+        busy = [s for s in statuses if s == BUSY]
+        refused = [s for s in statuses if s.startswith("refused:")]
+        assert len(drawn) + len(busy) + len(refused) == 20, statuses
+        assert drawn and all("\n" not in s and "internal error" not in s for s in statuses)
+        assert max(seconds for _, seconds in answers) < 120
+        assert kept < 5e6, kept  # the requests left less than 5 MB of Python objects behind
+        status = load(1)[0][0]
+        assert "CLS attention, layer 2" in status  # the server keeps serving
+    finally:
+        demo.close()
+    assert not list((tmp_path / "gradio").rglob("my holiday photo.jpg"))  # gradio's named copies are gone

@@ -44,6 +44,15 @@ MAX_PIXELS = 40_000_000
 KEPT_FILES = 50
 """Stored uploads and download folders kept; older ones are deleted."""
 CACHED_CAPTURES = 6
+WAIT_S = 20.0
+"""How long a request waits for the model before it is answered "busy"."""
+QUEUE_SIZE = 32
+"""Requests gradio holds at once; more are refused at once ("queue is full")."""
+WORKERS = 4
+"""Requests let in to wait for the model at the same time."""
+SESSION_TTL_S = 3600.0
+"""A session's state (and its stored upload) is dropped this long after it began, at the latest."""
+BUSY = "**Busy:** other images are being drawn; try again in a moment."
 QUERY_COLOUR = (0, 200, 255)
 INSTALL_HINT = "the web demo needs gradio: pip install -e '.[web]'"
 
@@ -162,6 +171,15 @@ class DemoBackend:
         if not path.is_file():
             raise DemoError("this image is no longer stored; upload it again")
         return vp.load_image(path)
+
+    def discard(self, key: str | None) -> None:
+        """Remove a stored upload (and its cached captures); sample photos and unknown keys are left alone."""
+        if not key or not key.startswith("upload:") or not key.partition(":")[2].isalnum():
+            return
+        with self._lock:
+            for cached in [k for k in self._captures if k[1] == key]:
+                del self._captures[cached]
+        self._upload_path(key).unlink(missing_ok=True)
 
     def _upload_path(self, key: str) -> Path:
         return self.work_dir / "uploads" / f"{key.partition(':')[2]}.png"
@@ -320,30 +338,56 @@ class DemoHandlers:
     (in ``control_names()`` order) and returns new output values; a failure becomes one line in the
     status box and leaves the other outputs as they were (``gr.update()``)."""
 
-    def __init__(self, backend: DemoBackend) -> None:
+    def __init__(self, backend: DemoBackend, wait_s: float = WAIT_S) -> None:
         self.backend = backend
         self.controls = control_names()
+        self.wait_s = wait_s
+        self._gate = threading.BoundedSemaphore(1)  # one drawing at a time; the others wait, then hear "busy"
+        self._copies: dict[Path, int] = {}  # gradio's upload file -> requests that still need it
+        self._copies_lock = threading.Lock()
         self._gr = import_gradio()
+
+    def _attempt(self, action: Callable[[], Any]) -> tuple[Any, str | None]:
+        """``_attempt`` once this request has the model (waiting at most ``wait_s``), else the busy line."""
+        if not self._gate.acquire(timeout=self.wait_s):
+            return None, BUSY
+        try:
+            return _attempt(action)
+        finally:
+            self._gate.release()
+
+    def forget(self, state: dict) -> None:
+        """The end of a session: remove the upload it stored (gradio calls this when it drops the state)."""
+        self.backend.discard(state.get("image") if isinstance(state, dict) else None)
 
     def upload(self, path: str | None, state: dict, *controls) -> tuple:
         """A file from the upload button: store it under a generated name, delete gradio's copy, draw."""
         if not path:
             return self._unchanged(state, NO_IMAGE)
+        copy = Path(path).resolve()
+        with self._copies_lock:  # gradio names its copy by the content: two sessions may share one
+            self._copies[copy] = self._copies.get(copy, 0) + 1
         try:
-            key, failure = _attempt(lambda: self.backend.store_upload(path))
+            key, failure = self._attempt(lambda: self.backend.store_upload(path))
         finally:
-            self._delete_gradio_copy(path)
+            with self._copies_lock:
+                self._copies[copy] -= 1
+                if not self._copies[copy]:
+                    del self._copies[copy]
+                    self._delete_gradio_copy(path)
         if failure:
             return self._unchanged(state, failure)
+        self.backend.discard(state.get("image"))  # a session keeps one upload: the one it shows
         return self.redraw({**new_state(), "image": key}, *controls)
 
     def sample(self, name: str | None, state: dict, *controls) -> tuple:
         """A sample photo picked from the list: draw it."""
         if not name:
             return self._unchanged(state, NO_IMAGE)
-        key, failure = _attempt(lambda: self.backend.sample_key(name))
+        key, failure = self._attempt(lambda: self.backend.sample_key(name))
         if failure:
             return self._unchanged(state, failure)
+        self.backend.discard(state.get("image"))
         return self.redraw({**new_state(), "image": key}, *controls)
 
     def redraw(self, state: dict, *controls) -> tuple:
@@ -357,7 +401,7 @@ class DemoHandlers:
             rendered = self.backend.render(spec, state["image"], view)
             return rendered, figure_image(rendered.figure)
 
-        drawn, failure = _attempt(draw)
+        drawn, failure = self._attempt(draw)
         if failure:
             return self._unchanged(state, failure)
         rendered, figure = drawn
@@ -401,7 +445,7 @@ class DemoHandlers:
         Returns (layer slider, head dropdown, state, overlay, figure, status, files)."""
         update = self._gr.update
         values = dict(zip(self.controls, controls, strict=True))
-        model, failure = _attempt(lambda: self.backend.model(values["model"]))
+        model, failure = self._attempt(lambda: self.backend.model(values["model"]))
         if failure:
             return (update(), update(), *self._unchanged(state, failure))
         last = model.num_layers - 1
@@ -421,7 +465,7 @@ class DemoHandlers:
             spec, view = self._view(controls)
             return self.backend.downloads(self.backend.render(spec, state["image"], view))
 
-        files, failure = _attempt(prepare)
+        files, failure = self._attempt(prepare)
         if failure:
             return self._gr.update(), failure
         return self._gr.update(value=[str(p) for p in files], visible=True), "maps.npz and figure.png are ready below."
@@ -506,16 +550,20 @@ def build_demo(
     max_pixels: int = MAX_PIXELS,
     samples: bool = True,
     device: str | None = None,
+    wait_s: float = WAIT_S,
 ):
     """The demo page as a ``gradio.Blocks`` (call ``.launch()`` on it).
 
     ``models`` is the allow-list of model specs offered (the first is loaded at once, on
     ``device``, and is the default); ``samples`` offers scikit-image's photos when scikit-image is
-    installed. Raises ``DemoError`` when the first model cannot be loaded.
+    installed. Under load: gradio holds at most ``QUEUE_SIZE`` requests (more are refused at once),
+    lets ``WORKERS`` of them wait for the model, and one draws at a time; a request that waited
+    ``wait_s`` seconds gets the one line ``BUSY``. A session keeps one stored upload, removed when
+    the session ends. Raises ``DemoError`` when the first model cannot be loaded.
     """
     gr = import_gradio()
     backend = DemoBackend(models, work_dir, max_upload_bytes, max_pixels, partial(vp.load, device=device))
-    handlers = DemoHandlers(backend)
+    handlers = DemoHandlers(backend, wait_s)
     first = backend.model(backend.models[0])
     sample_names = list(vp.SAMPLE_NAMES) if samples and _has_skimage() else []
     taken = {p.name for p in vp.get_method(DEFAULT_METHOD).params}
@@ -523,7 +571,10 @@ def build_demo(
         gr.Markdown("## vitprobe: what does the Vision Transformer attend to?\n"
                     "Upload an image or pick a sample, then choose what to draw. Click the overlay to see the "
                     "attention of the patch under the pointer.")
-        state = gr.State(new_state())
+        def forget(state: dict) -> None:  # a function, not the bound method: gradio deep-copies a session's
+            handlers.forget(state)        # State, and a method would drag the handlers (and the model) along
+
+        state = gr.State(new_state(), time_to_live=SESSION_TTL_S, delete_callback=forget)
         with gr.Row():
             with gr.Column(scale=1, min_width=280):
                 upload = gr.UploadButton("Upload image", file_types=["image"], type="filepath",
@@ -562,7 +613,7 @@ def build_demo(
             return handlers.click(evt.index, state, *controls)
 
         overlay.select(on_click, [state, *controls], [method, *params.values(), *drawn])
-    return demo
+    return demo.queue(max_size=QUEUE_SIZE, default_concurrency_limit=WORKERS)
 
 
 def _has_skimage() -> bool:
