@@ -29,7 +29,7 @@ def test_five_lines_on_a_tiny_model(tiny_dirs, tmp_path):
     assert Image.open(tmp_path / "o.png").size == (60, 40)
     assert res.layout.prefix_names == ("cls", "reg0", "reg1", "reg2", "reg3")
     names = [m.name for m in vp.methods()]
-    assert names[:6] == ["cls", "query", "layers", "rollout", "gradrollout", "chefer"]
+    assert names[:8] == ["cls", "query", "layers", "rollout", "flow", "gradrollout", "chefer", "legrad"]
 
 
 def test_several_methods_share_one_forward_pass(tiny_dirs, monkeypatch):

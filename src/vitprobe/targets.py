@@ -1,34 +1,66 @@
-"""What a gradient method explains: a class of the model's head, by index or label.
+"""What a gradient method explains: a class of the model's head, or the model's pooled embedding.
 
-``attention_gradients`` runs the model once more with eager attention (a fused kernel never
-materialises the probabilities) and takes ``torch.autograd.grad`` of the target's score with
-respect to every layer's own probabilities, so gradients and attention are paired by layer index,
-never by the order in which backward hooks fire. No parameter's ``.grad`` is touched.
+``target`` (one parameter for every gradient method):
+
+- a class index or label ("tabby" matches "tabby, tabby cat"): the logit of that class;
+- ``"self"``: the image's own embedding, scored as the projection of the pooled embedding on its own
+  direction (which patches make this embedding what it is). The cosine of an embedding with itself is
+  constantly 1 and has no gradient there, so the projection ⟨e, r/‖r‖⟩ is what is differentiated;
+- ``"image:PATH"``: another image's embedding r, the same projection ⟨e, r/‖r‖⟩ (where in this image is
+  what matches that one);
+- None: the top class of a model with a head, else ``"self"``.
+
+``gradient_pass`` runs the model once more with eager attention (a fused kernel never materialises
+the probabilities) and keeps every layer's attention and output tokens in the autograd graph;
+``attention_gradients`` takes ``torch.autograd.grad`` of the target's score with respect to every
+layer's own probabilities, so gradients and attention are paired by layer index, never by the order
+in which backward hooks fire. No parameter's ``.grad`` is touched.
 """
 
 from __future__ import annotations
 
 import difflib
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import torch
+import torch.nn.functional as F
 
 if TYPE_CHECKING:
     from .models.base import VitModel
 
 Target = int | str | None
+SELF = "self"
+IMAGE_PREFIX = "image:"
+
+
+@dataclass
+class GradientPass:
+    """One eager forward in the autograd graph: per layer ``attentions`` (B, heads, T, T) and output
+    ``tokens`` (B, T, D); ``logits`` (B, classes) or None (detached); ``score(tokens)`` -> (B,) the
+    target's score computed from any layer's tokens through the model's readout; ``targets`` the class
+    each image's score is the logit of (None for embedding targets) and ``words`` what is explained."""
+
+    attentions: list[torch.Tensor]
+    tokens: list[torch.Tensor]
+    logits: torch.Tensor | None
+    score: Callable[[torch.Tensor], torch.Tensor]
+    targets: list[int] | None
+    words: str
 
 
 @dataclass(frozen=True)
 class Gradients:
     """Per-layer attention ``attentions[l]`` and ``grads[l]`` = ∂y/∂A, each (B, heads, T, T) float32,
-    the ``logits`` (B, classes) of that pass and the class ``targets`` each image's y is the logit of."""
+    the ``logits`` (B, classes) of that pass (or None), the class ``targets`` (None for embeddings) and
+    the ``words`` saying what y is."""
 
     attentions: list[torch.Tensor]
     grads: list[torch.Tensor]
-    logits: torch.Tensor
-    targets: list[int]
+    logits: torch.Tensor | None
+    targets: list[int] | None
+    words: str
 
 
 def resolve_target(target: int | str, labels: dict[int, str], n_classes: int) -> int:
@@ -58,26 +90,76 @@ def resolve_target(target: int | str, labels: dict[int, str], n_classes: int) ->
     raise ValueError(f"no class is labelled {target!r}{hint}")
 
 
-def attention_gradients(model: VitModel, pixels: torch.Tensor, target: Target = None) -> Gradients:
-    """Attention and ∂y/∂A of every layer for pixels (B, 3, H, W).
-
-    y is the sum over the batch of each image's target logit: ``target`` (index or label) for every
-    image, or each image's top prediction when None. Images do not interact, so each image's
-    gradients are its own.
-    """
-    if model.attention_forward is None:
+def _passes(model: VitModel) -> None:
+    if model.attention_forward is None or model.readout is None:
         raise ValueError(f"{model.name}: its adapter cannot materialise attention for gradients")
+
+
+def embed(model: VitModel, pixels: torch.Tensor) -> torch.Tensor:
+    """The pooled embedding (B, D) of model-input pixels, as the readout gives it, without gradients."""
+    _passes(model)
+    with torch.no_grad():
+        _, _, tokens = model.attention_forward(pixels.to(model.device, model.dtype))
+        return model.readout(tokens[-1])[0].float()
+
+
+def is_embedding_target(target: Target, model: VitModel) -> bool:
+    """Whether ``target`` asks for an embedding (``self``, ``image:PATH``, or None for a model without head)."""
+    if target is None:
+        return not model.labels
+    return isinstance(target, str) and (target == SELF or target.startswith(IMAGE_PREFIX))
+
+
+def reference_embedding(model: VitModel, pixels: torch.Tensor, target: Target) -> torch.Tensor:
+    """The unit reference embedding (B, D) of an embedding target: each image's own, or the embedding of
+    the image named by ``image:PATH`` (preprocessed as the model's own), repeated for every image."""
+    if target is None or target == SELF:
+        reference = embed(model, pixels)
+    else:
+        other, _, _ = model.prepare(target.removeprefix(IMAGE_PREFIX))
+        reference = embed(model, other).expand(len(pixels), -1)
+    return F.normalize(reference, dim=-1)
+
+
+def gradient_pass(model: VitModel, pixels: torch.Tensor, target: Target = None) -> GradientPass:
+    """The eager pass of pixels (B, 3, H, W) with the score of ``target`` (see the module docstring)."""
+    _passes(model)
+    embedding_target = is_embedding_target(target, model)
+    reference = reference_embedding(model, pixels, target) if embedding_target else None
     pixels = pixels.to(model.device, model.dtype).requires_grad_(True)  # a graph even for frozen weights
     with torch.enable_grad():
-        logits, attns = model.attention_forward(pixels)
+        logits, attns, tokens = model.attention_forward(pixels)
+        if embedding_target:
+            def score(layer_tokens: torch.Tensor) -> torch.Tensor:
+                return (model.readout(layer_tokens)[0].float() * reference).sum(dim=-1)
+
+            words = ("its own embedding" if target in (None, SELF)
+                     else f"the embedding of {target.removeprefix(IMAGE_PREFIX)}")
+            return GradientPass(list(attns), list(tokens), None if logits is None else logits.detach().float(),
+                                score, None, words)
         if logits is None:
-            raise ValueError(f"{model.name} has no classification head, so class-specific maps are undefined")
+            raise ValueError(f"{model.name} has no classification head: give target='self' or 'image:PATH' "
+                             "(an embedding) instead of a class")
         if target is None:
             chosen = logits.argmax(dim=-1)
         else:
             index = resolve_target(target, model.labels, logits.shape[-1])
             chosen = torch.full_like(logits[:, 0], index, dtype=torch.long)
-        score = logits.gather(1, chosen[:, None]).sum()
-        grads = torch.autograd.grad(score, attns)
-    return Gradients([a.detach().float() for a in attns], [g.float() for g in grads], logits.detach().float(),
-                     chosen.tolist())
+
+        def score(layer_tokens: torch.Tensor) -> torch.Tensor:
+            layer_logits = model.readout(layer_tokens)[1]
+            return layer_logits.float().gather(1, chosen[:, None].to(layer_logits.device))[:, 0]
+
+        return GradientPass(list(attns), list(tokens), logits.detach().float(), score, chosen.tolist(), "the class")
+
+
+def attention_gradients(model: VitModel, pixels: torch.Tensor, target: Target = None,
+                        run: GradientPass | None = None) -> Gradients:
+    """Attention and ∂y/∂A of every layer for pixels (B, 3, H, W); y is the sum over the batch of each
+    image's score of ``target`` from the last layer's tokens (images do not interact, so each image's
+    gradients are its own). ``run``: a ``gradient_pass`` to reuse (its graph is kept)."""
+    run = run or gradient_pass(model, pixels, target)
+    with torch.enable_grad():
+        grads = torch.autograd.grad(run.score(run.tokens[-1]).sum(), run.attentions, retain_graph=True)
+    return Gradients([a.detach().float() for a in run.attentions], [g.float() for g in grads], run.logits,
+                     run.targets, run.words)

@@ -34,7 +34,7 @@ if TYPE_CHECKING:  # the registry itself imports no torch: listing methods and p
     from ..capture import Capture
     from ..io.preprocess import Geometry
     from ..models.base import VitModel
-    from ..targets import Gradients
+    from ..targets import GradientPass, Gradients
 
 PARAM_KINDS = ("int", "float", "choice", "layer", "head", "patch", "point", "target")
 
@@ -85,7 +85,7 @@ class Param:
             return f"[{low}, {high}{')' if self.high_open else ']'}"
         return {"layer": "INT (negative: from the end)", "head": "INT or none (heads fused)",
                 "patch": "ROW,COL (default: grid centre)", "point": "X,Y (pixels of the original image)",
-                "target": "INDEX or LABEL (default: top class)",
+                "target": "INDEX, LABEL, self or image:PATH",
                 "int": "INT", "float": "FLOAT"}[self.kind]
 
     def parse(self, text: str) -> Any:
@@ -237,6 +237,7 @@ class Context:
     capture: Capture | None = None
     model: VitModel | None = None
     pixels: torch.Tensor | None = None
+    _passes: dict[Any, GradientPass] = field(default_factory=dict)
     _gradients: dict[Any, Gradients] = field(default_factory=dict)
 
     def resolve_layer(self, layer: int) -> int:
@@ -246,14 +247,22 @@ class Context:
             raise ValueError(f"layer {layer} does not exist: {self.model_name} has {self.n_layers} layers")
         return index
 
-    def gradients(self, target: Any) -> Gradients:
-        """Per-layer attention and its gradient of ``target``'s score (one eager pass per target, shared)."""
-        from ..targets import attention_gradients
+    def gradient_pass(self, target: Any) -> GradientPass:
+        """The eager pass with ``target``'s score (``targets.gradient_pass``), one per target, shared."""
+        from ..targets import gradient_pass
 
         if self.model is None or self.pixels is None:
             raise ValueError("gradient methods need the model: call vp.attribute(model, images, ...), not on a capture")
+        if target not in self._passes:
+            self._passes[target] = gradient_pass(self.model, self.pixels, target)
+        return self._passes[target]
+
+    def gradients(self, target: Any) -> Gradients:
+        """Per-layer attention and its gradient of ``target``'s score from the last layer (shared)."""
+        from ..targets import attention_gradients
+
         if target not in self._gradients:
-            self._gradients[target] = attention_gradients(self.model, self.pixels, target)
+            self._gradients[target] = attention_gradients(self.model, self.pixels, target, self.gradient_pass(target))
         return self._gradients[target]
 
 
@@ -294,7 +303,8 @@ class Method(ABC):
 
 _REGISTRY: dict[str, Method] = {}
 _INFRASTRUCTURE = frozenset({"base", "params", "attribute", "artifacts"})
-_LISTED_FIRST = ("cls", "query", "layers", "rollout", "gradrollout", "chefer", "positions", "filters")
+_LISTED_FIRST = ("cls", "query", "layers", "rollout", "flow", "gradrollout", "chefer", "legrad", "positions",
+                 "filters")
 """Modules imported first, so listings read from raw attention to gradient methods; others follow by name."""
 _loaded = False
 

@@ -17,7 +17,7 @@ class Chefer(Method):
     name = "chefer"
     summary = "Chefer et al. 2021: relevance R = Π (I + head mean of ReLU(A ⊙ ∂y/∂A)), CLS row"
     params = (TARGET,)
-    requires = ("cls", "classifier", "gradients")
+    requires = ("cls", "gradients")
 
     def needs(self, ctx: Context, p: dict[str, Any]) -> Needs:
         return Needs(gradients=True)
@@ -25,5 +25,5 @@ class Chefer(Method):
     def compute(self, ctx: Context, p: dict[str, Any]) -> Result:
         g = ctx.gradients(p["target"])
         maps = class_map(g.attentions, g.grads, ctx.layout, "chefer")
-        return Result(maps, "Chefer et al. 2021 relevance", panels=[("chefer", maps)], targets=g.targets,
-                      logits=g.logits)
+        title = "Chefer et al. 2021 relevance" + ("" if g.targets is not None else f" of {g.words}")
+        return Result(maps, title, panels=[("chefer", maps)], targets=g.targets, logits=g.logits)

@@ -17,7 +17,7 @@ class GradientRollout(Method):
     name = "gradrollout"
     summary = "gradient rollout: rollout of ReLU(head mean of A ⊙ ∂y/∂A) for a class score y"
     params = (TARGET, DISCARD_RATIO)
-    requires = ("cls", "classifier", "gradients")
+    requires = ("cls", "gradients")
 
     def needs(self, ctx: Context, p: dict[str, Any]) -> Needs:
         return Needs(gradients=True)
@@ -25,4 +25,5 @@ class GradientRollout(Method):
     def compute(self, ctx: Context, p: dict[str, Any]) -> Result:
         g = ctx.gradients(p["target"])
         maps = class_map(g.attentions, g.grads, ctx.layout, "gradrollout", p["discard_ratio"])
-        return Result(maps, "gradient rollout", panels=[("gradrollout", maps)], targets=g.targets, logits=g.logits)
+        title = "gradient rollout" + ("" if g.targets is not None else f" of {g.words}")
+        return Result(maps, title, panels=[("gradrollout", maps)], targets=g.targets, logits=g.logits)

@@ -14,4 +14,6 @@ DISCARD_RATIO = Param("discard_ratio", 0.0, "drop this fraction of the lowest fu
 PATCH = Param("patch", None, "the query patch (row, col) whose own attention is drawn", "patch")
 QUERY_XY = Param("query_xy", None, "the query point (x, y) in pixels of the original image (instead of patch)",
                  "point")
-TARGET = Param("target", None, "what the map explains: a class index or label (default: the top class)", "target")
+TARGET = Param("target", None, "what the map explains: a class index or label, 'self' (the image's embedding) or "
+               "'image:PATH' (another image's); default: the top class, or 'self' without a head", "target")
+START_LAYER = Param("start_layer", 0, "the first layer the method uses (a later one: fewer layers, faster)", "layer")

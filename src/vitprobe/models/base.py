@@ -35,8 +35,10 @@ class VitModel:
     projection (D, 3, P, P); ``position_grid`` the learned position table of the patch tokens
     at its native grid (gh, gw, D); either is None where the model has none.
     ``attention_forward(pixels)`` runs the model with its attention probabilities materialised and
-    returns (logits or None, per-layer probabilities (B, heads, T, T) inside the autograd graph),
-    for gradient-based class maps; None where the adapter cannot.
+    returns (logits or None, per-layer probabilities (B, heads, T, T), per-layer output tokens
+    (B, T, D)), all inside the autograd graph, for gradient methods; ``readout(tokens)`` takes any
+    layer's tokens through the final norm, pooling and head: (embedding (B, D), logits or None).
+    Both are None where the adapter cannot.
     """
 
     name: str
@@ -51,7 +53,9 @@ class VitModel:
     labels: dict[int, str] = field(default_factory=dict)
     patch_weight: torch.Tensor | None = None
     position_grid: torch.Tensor | None = None
-    attention_forward: Callable[[torch.Tensor], tuple[torch.Tensor | None, list[torch.Tensor]]] | None = None
+    attention_forward: Callable[[torch.Tensor], tuple[torch.Tensor | None, list[torch.Tensor], list[torch.Tensor]]] \
+        | None = None
+    readout: Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor | None]] | None = None
 
     @property
     def num_layers(self) -> int:

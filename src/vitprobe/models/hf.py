@@ -128,14 +128,15 @@ def wrap(module: nn.Module, name: str, preprocess: PreprocessSpec | None = None)
         return getattr(out, "logits", None)
 
     def attention_forward(pixels):
-        """Eager attention for this call: logits or None, and per-layer probabilities (B, heads, T, T) in the graph."""
+        """Eager attention for this call: logits or None, per-layer probabilities (B, heads, T, T) and
+        each layer's output tokens (B, T, D), all in the autograd graph."""
         previous = module.config._attn_implementation
         module.set_attn_implementation("eager")
         try:
-            out = module(pixel_values=pixels, output_attentions=True, **flag)
+            out = module(pixel_values=pixels, output_attentions=True, output_hidden_states=True, **flag)
         finally:
             module.set_attn_implementation(previous)
-        return getattr(out, "logits", None), list(out.attentions)
+        return getattr(out, "logits", None), list(out.attentions), list(out.hidden_states[1:])
 
     has_head = hasattr(module, "classifier") or hasattr(module, "cls_classifier")
     patch = config.patch_size if isinstance(config.patch_size, int) else config.patch_size[0]
@@ -153,8 +154,29 @@ def wrap(module: nn.Module, name: str, preprocess: PreprocessSpec | None = None)
         preprocess=preprocess or preprocess_from_dict(None, config),
         forward=forward,
         attention_forward=attention_forward,
+        readout=_readout(module, config),
         labels={int(k): v for k, v in config.id2label.items()} if has_head else {},
     )
+
+
+def _readout(module: nn.Module, config):
+    """tokens (B, T, D) of any layer -> (pooled embedding (B, D), logits or None) through the model's final
+    layer norm and its own pooling and head, as its forward does them for the last layer."""
+    norm = _base(module).layernorm
+    n_prefix = len(prefix_names(config))
+
+    def readout(tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        x = norm(tokens)
+        embedding = x[:, 0]
+        if hasattr(module, "cls_classifier"):  # DeiT with teacher: the mean of both heads
+            return embedding, (module.cls_classifier(x[:, 0]) + module.distillation_classifier(x[:, 1])) / 2
+        if not hasattr(module, "classifier"):
+            return embedding, None
+        if config.model_type.startswith("dinov2"):  # CLS beside the mean of the patch tokens
+            return embedding, module.classifier(torch.cat([x[:, 0], x[:, n_prefix:].mean(dim=1)], dim=-1))
+        return embedding, module.classifier(x[:, 0])
+
+    return readout
 
 
 def _processor_dict(spec: str, local_only: bool) -> dict | None:

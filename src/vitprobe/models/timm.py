@@ -192,20 +192,23 @@ def position_grid(module: nn.Module) -> torch.Tensor | None:
 
 def _attention_forward(module: nn.Module, head: bool) -> Callable:
     """Run with timm's non-fused attention and return (logits or None, per-layer probabilities
-    (B, heads, T, T) in the autograd graph), read from each layer's ``attn_drop`` (identity in eval)."""
+    (B, heads, T, T) read from each layer's ``attn_drop`` (identity in eval), each block's output tokens),
+    all in the autograd graph."""
 
-    def run(pixels: torch.Tensor) -> tuple[torch.Tensor | None, list[torch.Tensor]]:
+    def run(pixels: torch.Tensor) -> tuple[torch.Tensor | None, list[torch.Tensor], list[torch.Tensor]]:
         attns = [block.attn for block in module.blocks]
         fused = [attn.fused_attn for attn in attns]
         probs: dict[int, torch.Tensor] = {}
+        tokens: dict[int, torch.Tensor] = {}
 
-        def keep(layer: int):
+        def keep(store: dict, layer: int):
             def hook(_m: nn.Module, _inputs, output: torch.Tensor) -> None:
-                probs[layer] = output
+                store[layer] = output
 
             return hook
 
-        handles = [attn.attn_drop.register_forward_hook(keep(i)) for i, attn in enumerate(attns)]
+        handles = [attn.attn_drop.register_forward_hook(keep(probs, i)) for i, attn in enumerate(attns)]
+        handles += [block.register_forward_hook(keep(tokens, i)) for i, block in enumerate(module.blocks)]
         try:
             for attn in attns:
                 attn.fused_attn = False
@@ -217,9 +220,20 @@ def _attention_forward(module: nn.Module, head: bool) -> Callable:
                 handle.remove()
         if len(probs) != len(attns):
             raise CaptureError(f"non-fused timm forward gave {len(probs)} attention maps for {len(attns)} layers")
-        return (out if head else None), [probs[i] for i in range(len(attns))]
+        return (out if head else None), [probs[i] for i in range(len(attns))], [tokens[i] for i in range(len(attns))]
 
     return run
+
+
+def _readout(module: nn.Module, head: bool) -> Callable:
+    """tokens (B, T, D) of any block -> (pooled embedding (B, D), logits or None) through timm's own final
+    norm, pooling and head (``forward_head``), as its forward does them for the last block."""
+
+    def readout(tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        x = module.norm(tokens)
+        return module.forward_head(x, pre_logits=True), module.forward_head(x) if head else None
+
+    return readout
 
 
 def wrap(module: nn.Module, name: str) -> VitModel:
@@ -256,6 +270,7 @@ def wrap(module: nn.Module, name: str) -> VitModel:
         patch_weight=module.patch_embed.proj.weight.detach(),
         position_grid=position_grid(module),
         attention_forward=_attention_forward(module, head),
+        readout=_readout(module, head),
     )
 
 
