@@ -78,7 +78,7 @@ def test_parameters_are_checked_by_name_and_value(tiny_dirs):
             vp.attribute(model, photo(), **kwargs)
     dino = vp.load(str(tiny_dirs["dinov2"]))
     with pytest.raises(ValueError, match="no classification head"):
-        vp.attribute(dino, photo(), method="chefer")
+        vp.attribute(dino, photo(), method="chefer", target=3)
 
 
 def test_on_image_puts_the_map_on_the_original_photo(tiny_dirs):

@@ -50,7 +50,7 @@ def test_explain_with_a_timm_model_and_an_imagenet_label(photo, tmp_path):
 @pytest.mark.parametrize(
     ("args", "words"),
     [
-        (["--model", "DINOV2", "--method", "chefer"], "no classification head"),
+        (["--model", "DINOV2", "--method", "chefer", "--target", "3"], "no classification head"),
         (["--model", "VIT", "--method", "chefer", "--target", "zebra"], "no class is labelled 'zebra'"),
         (["--model", "VIT", "--method", "chefer", "--target", "9"], "outside the head's 5 classes"),
         (["--model", "VIT", "--method", "gradcam"], "unknown method 'gradcam'"),

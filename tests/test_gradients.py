@@ -197,7 +197,7 @@ def test_resolve_target():
 def test_models_without_head_or_cls_are_refused():
     headless = timm_adapter.wrap(tm.tiny(tm.FAMILIES["dino"], num_classes=0), "dino")
     with pytest.raises(ValueError, match="no classification head"):
-        class_maps_pixels(headless, torch.randn(1, 3, 32, 32))
+        class_maps_pixels(headless, torch.randn(1, 3, 32, 32), target=0)
     no_cls = timm_adapter.wrap(tm.tiny(tm.FAMILIES["siglip_map"]), "siglip")
     with pytest.raises(ValueError, match="no CLS token"):
         class_maps_pixels(no_cls, torch.randn(1, 3, 32, 32))
@@ -209,7 +209,7 @@ def test_hf_classifier_maps_and_sdpa_restored(tiny_dirs):
     assert result.maps.shape == (2, 4, 4) and torch.isfinite(result.maps).all() and (result.maps >= 0).all()
     assert model.module.config._attn_implementation == "sdpa"
     with pytest.raises(ValueError, match="no classification head"):
-        class_maps_pixels(load_hf(str(tiny_dirs["dinov2"])), torch.randn(1, 3, 32, 32))
+        class_maps_pixels(load_hf(str(tiny_dirs["dinov2"])), torch.randn(1, 3, 32, 32), target="tabby")
 
 
 def _spearman(a: torch.Tensor, b: torch.Tensor) -> float:

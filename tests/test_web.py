@@ -47,7 +47,7 @@ def controls(spec: str, **changes) -> list:
     """Control values in ``control_names()`` order, the page's defaults unless changed."""
     values = {"model": spec, "method": "cls", "layer": 2, "head": "fused", "head_fusion": "mean",
               "layer_fusion": "mean", "discard_ratio": 0.0, "patch": "", "query_xy": "",
-              "target": "", "artifacts": "keep", "alpha": 0.5,
+              "target": "", "start_layer": 0, "artifacts": "keep", "alpha": 0.5,
               "cmap": "inferno", "clip": 99.0, "keypoints": False, **changes}
     return [values[name] for name in control_names()]
 
@@ -252,19 +252,27 @@ def test_method_change_shows_only_its_controls(handlers, tiny_dirs, photo):
     *updates, state, _, _, status, _ = handlers.change_method(state, *controls(spec, method="rollout"))
     visible = {name for name, update in zip(vp_params(), updates, strict=True) if update["visible"]}
     assert visible == {"head_fusion", "discard_ratio", "artifacts"} and status.split(": ", 1)[1].startswith("rollout")
+    *updates, _, _, _, status, _ = handlers.change_method(state, *controls(spec, method="legrad", start_layer=0))
+    by_name = dict(zip(vp_params(), updates, strict=True))
+    assert by_name["start_layer"]["value"] == 1 and by_name["start_layer"]["visible"]  # legrad's -2 of 3 layers
+    assert "layers 1..2" in status
+    *updates, _, _, _, status, _ = handlers.change_method(state, *controls(spec, method="flow", start_layer=1))
+    assert dict(zip(vp_params(), updates, strict=True))["start_layer"]["value"] == 0 and "layers 0..2" in status
 
 
 def test_model_change_fits_the_controls_and_download_handler(handlers, tiny_dirs, photo):
     vit, deit = str(tiny_dirs["vit"]), str(tiny_dirs["deit"])
     state = handlers.upload(str(photo), new_state(), *controls(vit))[0]
-    layer, heads, state, _, _, status, _ = handlers.change_model(state, *controls(deit, head="3"))
-    assert layer["maximum"] == 2 and heads["choices"] == ["fused", "0", "1", "2", "3"]
+    layer, start, heads, state, _, _, status, _ = handlers.change_model(state, *controls(deit, head="3",
+                                                                                          start_layer=5))
+    assert layer["maximum"] == start["maximum"] == 2 and start["value"] == 2
+    assert heads["choices"] == ["fused", "0", "1", "2", "3"]
     assert status.startswith(deit) and "head 3" in status
     files, message = handlers.download(state, *controls(deit))
     assert [Path(f).name for f in files["value"]] == ["maps.npz", "figure.png"] and files["visible"]
     assert "ready" in message
     out = handlers.change_model(state, *controls("offline"))
-    assert out[5] == "**Error:** model 'offline' is not offered by this demo"
+    assert out[6] == "**Error:** model 'offline' is not offered by this demo"
 
 
 # --- the page in a real browser ---

@@ -103,54 +103,52 @@ def embed(model: VitModel, pixels: torch.Tensor) -> torch.Tensor:
         return model.readout(tokens[-1])[0].float()
 
 
-def is_embedding_target(target: Target, model: VitModel) -> bool:
-    """Whether ``target`` asks for an embedding (``self``, ``image:PATH``, or None for a model without head)."""
-    if target is None:
-        return not model.labels
+def is_embedding_target(target: Target) -> bool:
+    """Whether ``target`` names an embedding (``self`` or ``image:PATH``) rather than a class."""
     return isinstance(target, str) and (target == SELF or target.startswith(IMAGE_PREFIX))
 
 
-def reference_embedding(model: VitModel, pixels: torch.Tensor, target: Target) -> torch.Tensor:
-    """The unit reference embedding (B, D) of an embedding target: each image's own, or the embedding of
-    the image named by ``image:PATH`` (preprocessed as the model's own), repeated for every image."""
+def reference_embedding(model: VitModel, own: torch.Tensor, target: Target) -> torch.Tensor:
+    """The unit reference embedding (B, D) of an embedding target: each image's ``own`` embedding (B, D),
+    or the embedding of the image named by ``image:PATH`` (preprocessed as the model's own), repeated."""
     if target is None or target == SELF:
-        reference = embed(model, pixels)
+        reference = own.detach().float()
     else:
         other, _, _ = model.prepare(target.removeprefix(IMAGE_PREFIX))
-        reference = embed(model, other).expand(len(pixels), -1)
+        reference = embed(model, other).expand(len(own), -1)
     return F.normalize(reference, dim=-1)
 
 
 def gradient_pass(model: VitModel, pixels: torch.Tensor, target: Target = None) -> GradientPass:
     """The eager pass of pixels (B, 3, H, W) with the score of ``target`` (see the module docstring)."""
     _passes(model)
-    embedding_target = is_embedding_target(target, model)
-    reference = reference_embedding(model, pixels, target) if embedding_target else None
     pixels = pixels.to(model.device, model.dtype).requires_grad_(True)  # a graph even for frozen weights
     with torch.enable_grad():
         logits, attns, tokens = model.attention_forward(pixels)
-        if embedding_target:
-            def score(layer_tokens: torch.Tensor) -> torch.Tensor:
-                return (model.readout(layer_tokens)[0].float() * reference).sum(dim=-1)
+    detached = None if logits is None else logits.detach().float()
+    if is_embedding_target(target) or (target is None and logits is None):
+        reference = reference_embedding(model, model.readout(tokens[-1])[0], target)
 
-            words = ("its own embedding" if target in (None, SELF)
-                     else f"the embedding of {target.removeprefix(IMAGE_PREFIX)}")
-            return GradientPass(list(attns), list(tokens), None if logits is None else logits.detach().float(),
-                                score, None, words)
-        if logits is None:
-            raise ValueError(f"{model.name} has no classification head: give target='self' or 'image:PATH' "
-                             "(an embedding) instead of a class")
-        if target is None:
-            chosen = logits.argmax(dim=-1)
-        else:
-            index = resolve_target(target, model.labels, logits.shape[-1])
-            chosen = torch.full_like(logits[:, 0], index, dtype=torch.long)
+        def embedding_score(layer_tokens: torch.Tensor) -> torch.Tensor:
+            return (model.readout(layer_tokens)[0].float() * reference).sum(dim=-1)
 
-        def score(layer_tokens: torch.Tensor) -> torch.Tensor:
-            layer_logits = model.readout(layer_tokens)[1]
-            return layer_logits.float().gather(1, chosen[:, None].to(layer_logits.device))[:, 0]
+        words = ("its own embedding" if target in (None, SELF)
+                 else f"the embedding of {target.removeprefix(IMAGE_PREFIX)}")
+        return GradientPass(list(attns), list(tokens), detached, embedding_score, None, words)
+    if logits is None:
+        raise ValueError(f"{model.name} has no classification head: give target='self' or 'image:PATH' "
+                         "(an embedding) instead of a class")
+    if target is None:
+        chosen = logits.argmax(dim=-1)
+    else:
+        index = resolve_target(target, model.labels, logits.shape[-1])
+        chosen = torch.full_like(logits[:, 0], index, dtype=torch.long)
 
-        return GradientPass(list(attns), list(tokens), logits.detach().float(), score, chosen.tolist(), "the class")
+    def class_score(layer_tokens: torch.Tensor) -> torch.Tensor:
+        layer_logits = model.readout(layer_tokens)[1]
+        return layer_logits.float().gather(1, chosen[:, None].to(layer_logits.device))[:, 0]
+
+    return GradientPass(list(attns), list(tokens), detached, class_score, chosen.tolist(), "the class")
 
 
 def attention_gradients(model: VitModel, pixels: torch.Tensor, target: Target = None,

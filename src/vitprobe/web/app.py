@@ -319,6 +319,31 @@ def new_state() -> dict:
     return {"image": None, "shown": None}
 
 
+def _layer_controls() -> tuple[str, ...]:
+    return tuple(name for name, param in method_params().items() if param.kind == "layer")
+
+
+def _varying_defaults() -> frozenset[str]:
+    defaults: dict[str, set] = {}
+    for info in vp.methods():
+        for param in info.params:
+            defaults.setdefault(param.name, set()).add(param.default)
+    return frozenset(name for name, seen in defaults.items() if len(seen) > 1)
+
+
+LAYER_CONTROLS = _layer_controls()
+"""The parameters drawn as layer sliders (fitted to each model's depth)."""
+VARYING_DEFAULTS = _varying_defaults()
+"""Parameters whose default differs between methods: set to the chosen method's default when it is chosen."""
+
+
+def control_value(param: vp.Param, model: vp.VitModel) -> Any:
+    """The control's value for the parameter's default: a layer index counted from the first layer."""
+    if param.kind == "layer":
+        return param.default % model.num_layers
+    return param.default
+
+
 def _takes(method: str, param: str) -> bool:
     """Whether the registered ``method`` has the parameter ``param`` (False for an unknown method)."""
     return method in vp.method_names() and param in {p.name for p in vp.get_method(method).params}
@@ -410,10 +435,19 @@ class DemoHandlers:
         return {**state, "shown": shown}, rendered.overlay, figure, rendered.caption, stale
 
     def change_method(self, state: dict, *controls) -> tuple:
-        """Another method: show the controls of its parameters only, then redraw.
+        """Another method: show the controls of its parameters only, each parameter whose default differs
+        between methods set to this method's default, then redraw.
 
         Returns (one update per method parameter, state, overlay, figure, status, files)."""
-        return (*self._param_updates(controls), *self.redraw(state, *controls))
+        values = dict(zip(self.controls, controls, strict=True))
+        model, failure = self._attempt(lambda: self.backend.model(values["model"]))
+        if failure:
+            return (*self._param_updates(controls), *self._unchanged(state, failure))
+        defaults = {param.name: control_value(param, model) for param in vp.get_method(values["method"]).params
+                    if param.name in VARYING_DEFAULTS}
+        values.update(defaults)
+        controls = tuple(values.values())
+        return (*self._param_updates(controls, **defaults), *self.redraw(state, *controls))
 
     def click(self, xy: Sequence[float], state: dict, *controls) -> tuple:
         """A click on the overlay at pixel (x, y): that patch's attention. The method stays when it takes a
@@ -440,21 +474,23 @@ class DemoHandlers:
                 for name in method_params()]
 
     def change_model(self, state: dict, *controls) -> tuple:
-        """Another model: fit the layer slider and the head list to it, then redraw.
+        """Another model: fit the layer sliders and the head list to it, then redraw.
 
-        Returns (layer slider, head dropdown, state, overlay, figure, status, files)."""
+        Returns (one update per layer slider (``LAYER_CONTROLS``), head dropdown, state, overlay, figure,
+        status, files)."""
         update = self._gr.update
         values = dict(zip(self.controls, controls, strict=True))
         model, failure = self._attempt(lambda: self.backend.model(values["model"]))
         if failure:
-            return (update(), update(), *self._unchanged(state, failure))
+            return (*(update() for _ in LAYER_CONTROLS), update(), *self._unchanged(state, failure))
         last = model.num_layers - 1
-        values["layer"] = min(int(values["layer"]), last)
+        for name in LAYER_CONTROLS:
+            values[name] = min(int(values[name]), last)
         choices = head_choices(model.num_heads)
         if values["head"] not in choices:
             values["head"] = "fused"
-        return (update(maximum=last, value=values["layer"]), update(choices=choices, value=values["head"]),
-                *self.redraw(state, *values.values()))
+        return (*(update(maximum=last, value=values[name]) for name in LAYER_CONTROLS),
+                update(choices=choices, value=values["head"]), *self.redraw(state, *values.values()))
 
     def download(self, state: dict, *controls) -> tuple:
         """Write maps.npz and figure.png of the current view and show them: (files, status)."""
@@ -525,7 +561,7 @@ def _param_control(gr, param: vp.Param, model: vp.VitModel, visible: bool):
     label = f"{param.option.removeprefix('--')}: {param.doc}"
     common = {"label": label, "elem_id": f"param-{param.name}", "visible": visible}
     if param.kind == "layer":
-        return gr.Slider(0, model.num_layers - 1, value=model.num_layers - 1, step=1, **common)
+        return gr.Slider(0, model.num_layers - 1, value=control_value(param, model), step=1, **common)
     if param.kind == "head":
         return gr.Dropdown(head_choices(model.num_heads), value="fused", **common)
     if param.kind == "choice":
@@ -606,7 +642,8 @@ def build_demo(
         method.input(handlers.change_method, [state, *controls], [*params.values(), *drawn])
         for control in (*params.values(), alpha, cmap, clip, marks):
             control.input(handlers.redraw, [state, *controls], drawn)
-        model.input(handlers.change_model, [state, *controls], [params["layer"], params["head"], *drawn])
+        model.input(handlers.change_model, [state, *controls],
+                    [*(params[name] for name in LAYER_CONTROLS), params["head"], *drawn])
         download.click(handlers.download, [state, *controls], [files, status])
 
         def on_click(evt: gr.SelectData, state: dict, *controls) -> tuple:
