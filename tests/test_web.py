@@ -217,6 +217,15 @@ def test_bad_upload_shows_one_line_and_keeps_the_page(handlers, tiny_dirs, tmp_p
     assert out[3] == "**Error:** the upload cannot be used: not an image file"
 
 
+def test_targets_naming_server_files_are_refused(handlers, tiny_dirs, photo):
+    spec = str(tiny_dirs["vit"])
+    state = handlers.upload(str(photo), new_state(), *controls(spec))[0]
+    out = handlers.redraw(state, *controls(spec, method="legrad", target=f"image:{photo}"))
+    assert out[3] == "**Error:** the demo does not read files on the server: give a class, or 'self'"
+    out = handlers.redraw(state, *controls(spec, method="legrad", target="self"))
+    assert "its own embedding" in out[3] and out[1] is not None
+
+
 def test_unexpected_failure_shows_no_traceback(handlers, tiny_dirs, monkeypatch):
     def explode(*args):
         raise RuntimeError("boom\n  File /secret/path.py, line 1")

@@ -3,9 +3,11 @@
 ``target`` (one parameter for every gradient method):
 
 - a class index or label ("tabby" matches "tabby, tabby cat"): the logit of that class;
-- ``"self"``: the image's own embedding, scored as the projection of the pooled embedding on its own
-  direction (which patches make this embedding what it is). The cosine of an embedding with itself is
-  constantly 1 and has no gradient there, so the projection ⟨e, r/‖r‖⟩ is what is differentiated;
+- ``"self"``: the image's own embedding e, relative to the embedding e₀ of a blank image (the
+  normalisation's mean colour, zeros at the model's input): the score is the projection ⟨e, r/‖r‖⟩ on
+  r = e − e₀, what makes this embedding differ from a blank image's. Projecting on e's own direction
+  would differentiate ‖e‖, nearly constant after a final LayerNorm (√D for unit gains), whose gradient
+  is rounding noise;
 - ``"image:PATH"``: another image's embedding r, the same projection ⟨e, r/‖r‖⟩ (where in this image is
   what matches that one);
 - None: the top class of a model with a head, else ``"self"``.
@@ -108,11 +110,12 @@ def is_embedding_target(target: Target) -> bool:
     return isinstance(target, str) and (target == SELF or target.startswith(IMAGE_PREFIX))
 
 
-def reference_embedding(model: VitModel, own: torch.Tensor, target: Target) -> torch.Tensor:
-    """The unit reference embedding (B, D) of an embedding target: each image's ``own`` embedding (B, D),
-    or the embedding of the image named by ``image:PATH`` (preprocessed as the model's own), repeated."""
+def reference_embedding(model: VitModel, pixels: torch.Tensor, own: torch.Tensor, target: Target) -> torch.Tensor:
+    """The unit reference direction (B, D) of an embedding target for pixels (B, 3, H, W): each image's
+    ``own`` embedding (B, D) minus that of a blank image of the same size (``self``), or the embedding
+    of the image named by ``image:PATH`` (preprocessed as the model's own), repeated for every image."""
     if target is None or target == SELF:
-        reference = own.detach().float()
+        reference = own.detach().float() - embed(model, torch.zeros_like(pixels[:1]))
     else:
         other, _, _ = model.prepare(target.removeprefix(IMAGE_PREFIX))
         reference = embed(model, other).expand(len(own), -1)
@@ -127,7 +130,7 @@ def gradient_pass(model: VitModel, pixels: torch.Tensor, target: Target = None) 
         logits, attns, tokens = model.attention_forward(pixels)
     detached = None if logits is None else logits.detach().float()
     if is_embedding_target(target) or (target is None and logits is None):
-        reference = reference_embedding(model, model.readout(tokens[-1])[0], target)
+        reference = reference_embedding(model, pixels.detach(), model.readout(tokens[-1])[0], target)
 
         def embedding_score(layer_tokens: torch.Tensor) -> torch.Tensor:
             return (model.readout(layer_tokens)[0].float() * reference).sum(dim=-1)

@@ -23,6 +23,7 @@ import pkgutil
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from ..layout import NO_CLS_MESSAGE, TokenLayout
@@ -152,6 +153,8 @@ class Param:
         elif self.kind == "target":
             if value is not None and (isinstance(value, bool) or not isinstance(value, (int, str))):
                 raise bad
+            if isinstance(value, str) and value.startswith("image:") and not Path(value[6:]).is_file():
+                raise ValueError(f"{self.option} {value}: no such file")
             return value
         if self.kind in ("int", "float"):
             too_low = self.low is not None and value < self.low

@@ -319,22 +319,18 @@ def new_state() -> dict:
     return {"image": None, "shown": None}
 
 
-def _layer_controls() -> tuple[str, ...]:
+def layer_controls() -> tuple[str, ...]:
+    """The parameters drawn as layer sliders (fitted to each model's depth)."""
     return tuple(name for name, param in method_params().items() if param.kind == "layer")
 
 
-def _varying_defaults() -> frozenset[str]:
+def varying_defaults() -> frozenset[str]:
+    """Parameters whose default differs between methods: set to the chosen method's default when it is chosen."""
     defaults: dict[str, set] = {}
     for info in vp.methods():
         for param in info.params:
             defaults.setdefault(param.name, set()).add(param.default)
     return frozenset(name for name, seen in defaults.items() if len(seen) > 1)
-
-
-LAYER_CONTROLS = _layer_controls()
-"""The parameters drawn as layer sliders (fitted to each model's depth)."""
-VARYING_DEFAULTS = _varying_defaults()
-"""Parameters whose default differs between methods: set to the chosen method's default when it is chosen."""
 
 
 def control_value(param: vp.Param, model: vp.VitModel) -> Any:
@@ -354,6 +350,8 @@ def params_of(method: str, values: dict[str, Any]) -> dict[str, Any]:
     out = {}
     for param in vp.get_method(method).params:
         value = values.get(param.name)
+        if param.kind == "target" and str(value or "").strip().startswith("image:"):
+            raise DemoError("the demo does not read files on the server: give a class, or 'self'")
         out[param.name] = param.parse("" if value is None else str(int(value) if param.kind == "layer" else value))
     return out
 
@@ -444,7 +442,7 @@ class DemoHandlers:
         if failure:
             return (*self._param_updates(controls), *self._unchanged(state, failure))
         defaults = {param.name: control_value(param, model) for param in vp.get_method(values["method"]).params
-                    if param.name in VARYING_DEFAULTS}
+                    if param.name in varying_defaults()}
         values.update(defaults)
         controls = tuple(values.values())
         return (*self._param_updates(controls, **defaults), *self.redraw(state, *controls))
@@ -476,20 +474,20 @@ class DemoHandlers:
     def change_model(self, state: dict, *controls) -> tuple:
         """Another model: fit the layer sliders and the head list to it, then redraw.
 
-        Returns (one update per layer slider (``LAYER_CONTROLS``), head dropdown, state, overlay, figure,
+        Returns (one update per layer slider (``layer_controls()``), head dropdown, state, overlay, figure,
         status, files)."""
         update = self._gr.update
         values = dict(zip(self.controls, controls, strict=True))
         model, failure = self._attempt(lambda: self.backend.model(values["model"]))
         if failure:
-            return (*(update() for _ in LAYER_CONTROLS), update(), *self._unchanged(state, failure))
+            return (*(update() for _ in layer_controls()), update(), *self._unchanged(state, failure))
         last = model.num_layers - 1
-        for name in LAYER_CONTROLS:
+        for name in layer_controls():
             values[name] = min(int(values[name]), last)
         choices = head_choices(model.num_heads)
         if values["head"] not in choices:
             values["head"] = "fused"
-        return (*(update(maximum=last, value=values[name]) for name in LAYER_CONTROLS),
+        return (*(update(maximum=last, value=values[name]) for name in layer_controls()),
                 update(choices=choices, value=values["head"]), *self.redraw(state, *values.values()))
 
     def download(self, state: dict, *controls) -> tuple:
@@ -573,7 +571,7 @@ def _param_control(gr, param: vp.Param, model: vp.VitModel, visible: bool):
     if param.kind in ("int", "float"):
         return gr.Number(value=param.default, **common)
     hint = {"patch": "row,col (empty: the grid centre; click the overlay)", "point": "x,y in pixels of the photo",
-            "target": "index or label (empty: top)"}
+            "target": "index, label or self (empty: top class, or self)"}
     return gr.Textbox(value="" if param.default is None else str(param.default),
                       placeholder=hint.get(param.kind, ""), **common)
 
@@ -643,7 +641,7 @@ def build_demo(
         for control in (*params.values(), alpha, cmap, clip, marks):
             control.input(handlers.redraw, [state, *controls], drawn)
         model.input(handlers.change_model, [state, *controls],
-                    [*(params[name] for name in LAYER_CONTROLS), params["head"], *drawn])
+                    [*(params[name] for name in layer_controls()), params["head"], *drawn])
         download.click(handlers.download, [state, *controls], [files, status])
 
         def on_click(evt: gr.SelectData, state: dict, *controls) -> tuple:
