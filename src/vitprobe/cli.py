@@ -28,7 +28,6 @@ from .cli_common import (
     image_paths,
     load_model,
     method_specs,
-    spec_labels,
     style_from,
     unique_dir,
 )
@@ -76,6 +75,7 @@ def explain(
     from .explain import ExplainOptions, explain_image
     from .io.images import ImageLoadError
     from .methods import check
+    from .methods.attribute import spec_labels
 
     tokens, specs = method_specs(method, images)
     style = style_from(cmap, alpha, clip, upsample, colorbar)

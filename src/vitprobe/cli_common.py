@@ -125,24 +125,6 @@ def method_specs(method: str, tokens: Sequence[str]) -> tuple[list[str], list[tu
     return rest, specs
 
 
-def spec_labels(specs: Sequence[tuple[str, dict[str, Any]]]) -> list[str]:
-    """A file-name label per method instance: its name, plus the parameters that tell apart several
-    instances of one method (``cls_layer5``, ``cls_layer11``)."""
-    labels = []
-    for name, params in specs:
-        twins = [p for n, p in specs if n == name]
-        differing = sorted({k for p in twins for k in p if any(q.get(k) != p.get(k) for q in twins)})
-        suffix = "".join(f"_{k.replace('_', '')}{_token(params.get(k))}" for k in differing)
-        labels.append(name + suffix)
-    return labels
-
-
-def _token(value: Any) -> str:
-    if isinstance(value, tuple):
-        return "-".join(str(v) for v in value)
-    return str(value).replace(" ", "-").replace("/", "-")
-
-
 def image_paths(inputs: Sequence[Path]) -> list[Path]:
     """Files and folders (recursive) -> image paths; a missing path or an empty result exits 2."""
     from .io.images import ImageLoadError, list_images

@@ -97,12 +97,29 @@ def _passes(model: VitModel) -> None:
         raise ValueError(f"{model.name}: its adapter cannot materialise attention for gradients")
 
 
+def readout_forward(model: VitModel, pixels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """(pooled embedding (B, D), logits (B, classes) or None) of model-input pixels (B, 3, H, W), float32,
+    without gradients: the model's own forward (its fused attention kernel), the last block's output
+    tokens caught by a hook and taken through the readout."""
+    _passes(model)
+    caught: list[torch.Tensor] = []
+
+    def keep(_module: torch.nn.Module, _inputs, output) -> None:
+        caught.append(output[0] if isinstance(output, tuple) else output)
+
+    handle = model.blocks[-1].register_forward_hook(keep)
+    try:
+        with torch.no_grad():
+            model.forward(pixels.to(model.device, model.dtype))
+            embedding, logits = model.readout(caught[-1])
+    finally:
+        handle.remove()
+    return embedding.float(), None if logits is None else logits.float()
+
+
 def embed(model: VitModel, pixels: torch.Tensor) -> torch.Tensor:
     """The pooled embedding (B, D) of model-input pixels, as the readout gives it, without gradients."""
-    _passes(model)
-    with torch.no_grad():
-        _, _, tokens = model.attention_forward(pixels.to(model.device, model.dtype))
-        return model.readout(tokens[-1])[0].float()
+    return readout_forward(model, pixels)[0]
 
 
 def is_embedding_target(target: Target) -> bool:

@@ -166,3 +166,21 @@ def attribute(
             targets=result.targets, marks=result.marks,
         ))
     return out[0] if _is_single(method) else out
+
+
+def spec_labels(specs: Sequence[tuple[str, dict[str, Any]]]) -> list[str]:
+    """A file-name label per method instance: its name, plus the parameters that tell apart several
+    instances of one method (``cls_layer5``, ``cls_layer11``)."""
+    labels = []
+    for name, params in specs:
+        twins = [p for n, p in specs if n == name]
+        differing = sorted({k for p in twins for k in p if any(q.get(k) != p.get(k) for q in twins)})
+        suffix = "".join(f"_{k.replace('_', '')}{_token(params.get(k))}" for k in differing)
+        labels.append(name + suffix)
+    return labels
+
+
+def _token(value: Any) -> str:
+    if isinstance(value, tuple):
+        return "-".join(str(v) for v in value)
+    return str(value).replace(" ", "-").replace("/", "-")

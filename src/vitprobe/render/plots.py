@@ -5,7 +5,8 @@
 - ``tile_grid`` + ``filters_figure``: images (n, h, w, 3) tiled into one mosaic (patch filters);
 - ``position_grid_figure``: for each position a map (H, W) of its similarity to all others, laid
   out on the grid (the ViT paper's fig. 7); ``similarity_matrix_figure``: the same as one matrix;
-- ``artifact_figure``: outlier-token share and norm ratio per layer.
+- ``artifact_figure``: outlier-token share and norm ratio per layer;
+- ``faithfulness_figure``: deletion and insertion curves and the randomisation check per method.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from collections.abc import Sequence
 import matplotlib
 import numpy as np
 from matplotlib.figure import Figure
+from scipy.integrate import trapezoid
 
 from .canvas import new_figure
 from .colormap import MapLike, as_numpy
@@ -188,5 +190,50 @@ def artifact_figure(
     right.set_ylim(bottom=0)
     right.grid(alpha=0.3)
     right.legend(fontsize=7)
+    fig.suptitle(title)
+    return fig
+
+
+def faithfulness_figure(
+    fractions: np.ndarray,
+    deletion: dict[str, np.ndarray],
+    insertion: dict[str, np.ndarray],
+    rho: dict[str, np.ndarray],
+    score: str,
+    title: str = "Faithfulness",
+) -> Figure:
+    """Mean deletion and insertion curves (K + 1,) per method over the fraction of patches, and the mean
+    Spearman ρ (S,) per cascade step of the randomisation check (a third panel when there are steps).
+    Names starting with ``baseline`` are drawn dashed in grey tones."""
+    panels = 3 if any(len(v) for v in rho.values()) else 2
+    fig = _figure(4.2 * panels, 3.8)
+    axes = fig.subplots(1, panels)
+    colours = iter(matplotlib.colormaps["tab10"].colors)
+    greys = iter(("0.35", "0.6"))
+    style = {name: ({"color": next(greys), "ls": "--"} if name.startswith("baseline") else {"color": next(colours)})
+             for name in deletion}
+    for ax, curves, name, better in ((axes[0], deletion, "deletion", "lower AUC is better"),
+                                     (axes[1], insertion, "insertion", "higher AUC is better")):
+        for method, values in curves.items():
+            auc = float(trapezoid(values, fractions))
+            ax.plot(fractions, values, lw=1.4, label=f"{method} ({auc:.3f})", **style[method])
+        ax.set_xlabel("fraction of patches " + ("removed" if name == "deletion" else "revealed"))
+        ax.set_ylabel(score)
+        ax.set_title(f"{name} ({better})", fontsize=10)
+        ax.set_xlim(0, 1)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    if panels == 3:
+        ax = axes[2]
+        for method, values in rho.items():
+            steps = np.arange(1, len(values) + 1)
+            ax.plot(steps, values, marker="o", ms=3, lw=1.2, label=method, **style[method])
+        ax.axhline(0, color="black", lw=0.6)
+        ax.set_xlabel("blocks re-initialised from the top")
+        ax.set_ylabel("Spearman ρ with the original map")
+        ax.set_title("model randomisation (lower: the map depends on the weights)", fontsize=10)
+        ax.set_ylim(-1.05, 1.05)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
     fig.suptitle(title)
     return fig
