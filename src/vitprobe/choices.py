@@ -17,3 +17,5 @@ artifact tokens) saturate instead of darkening the rest of the map; 100 is the p
 VIDEO_SHORT_SIDE = 224
 """Model-input short side of a video frame unless given: speed first (the offline model runs about 5
 frames/s at 224 px on 2 CPU cores, 0.4 at its own 448)."""
+DEFAULT_FAITHFULNESS_METHODS = ("cls", "rollout", "layers", "chefer", "gradrollout", "legrad", "flow")
+"""The methods ``faithfulness`` measures unless told otherwise: raw attention, its aggregations, gradients."""

@@ -39,13 +39,13 @@ from scipy.stats import ConstantInputWarning, spearmanr
 from tqdm.auto import tqdm
 
 from .analysis import perturbation as pt
+from .choices import DEFAULT_FAITHFULNESS_METHODS
 from .io.files import atomic_write_text
 from .methods.attribute import MethodSpec, _is_single, attribute, check, spec_labels
 from .methods.base import get_method
 from .models.base import ImageInput, VitModel
 from .targets import IMAGE_PREFIX, SELF, Target, embed, is_embedding_target, readout_forward, resolve_target
 
-DEFAULT_METHODS = ("cls", "rollout", "layers", "chefer", "gradrollout", "legrad", "flow")
 BASELINES = ("baseline-random", "baseline-centre")
 CURVES = ("deletion", "insertion", "positive", "negative")
 METRICS = ("deletion_auc", "insertion_auc", "positive_auc", "negative_auc", "randomisation_rho")
@@ -237,7 +237,7 @@ def _normalised(methods: MethodSpec | Sequence[MethodSpec]) -> list[tuple[str, d
 def faithfulness(
     model: VitModel,
     images: ImageInput | Sequence[ImageInput],
-    methods: MethodSpec | Sequence[MethodSpec] = DEFAULT_METHODS,
+    methods: MethodSpec | Sequence[MethodSpec] = DEFAULT_FAITHFULNESS_METHODS,
     *,
     target: Target = None,
     size: tuple[int, int] | None = None,
