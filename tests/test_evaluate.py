@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -13,6 +14,7 @@ from vitprobe.analysis.thresholds import Threshold
 from vitprobe.coco import AnnotationError, ImageTruth, ObjectTruth, found_to_coco, load_coco
 from vitprobe.evaluate import (
     ImageScores,
+    coco_box_ap,
     LocalizeOptions,
     box_iou,
     centre_gaussian,
@@ -95,13 +97,16 @@ def test_a_map_all_inside_the_object_scores_one():
     m = quadrant_map(0, 0)
     scores = score_image(m, m[None], PATCH, IDENTITY, TRUTH, OPTS)
     # peaks refine 0.4 patch (3.2 px) towards the block's inside: within 0.2 · 32 = 6.4 px
-    assert scores == ImageScores(pointing=1.0, pck_hits=2, pck_total=2, iou=1.0, corloc=1.0, jaccard=1.0)
+    assert replace(scores, detections=()) == ImageScores(pointing=1.0, pck_hits=2, pck_total=2, iou=1.0, corloc=1.0,
+                                                         jaccard=1.0)
+    assert scores.detections[0] == (0.0, 0.0, 32.0, 32.0, 1.0)  # the found box (x, y, w, h) and its score
 
 
 def test_a_map_all_outside_the_object_scores_zero():
     m = quadrant_map(4, 4)
     scores = score_image(m, m[None], PATCH, IDENTITY, TRUTH, OPTS)
-    assert scores == ImageScores(pointing=0.0, pck_hits=0, pck_total=2, iou=0.0, corloc=0.0, jaccard=0.0)
+    assert replace(scores, detections=()) == ImageScores(pointing=0.0, pck_hits=0, pck_total=2, iou=0.0, corloc=0.0,
+                                                         jaccard=0.0)
 
 
 def test_best_head_per_object():
@@ -155,9 +160,58 @@ def test_load_coco_polygons_rle_and_visibility(tmp_path):
     (obj,) = a.objects
     assert obj.category == "cat" and obj.box == (0, 0, 3, 2)
     assert obj.keypoint_names == ("eye", "tail") and obj.keypoints.tolist() == [[1, 1], [2, 1]]
-    assert obj.mask.shape == (4, 5) and obj.mask.sum() == 12 and obj.mask[:3, :4].all()  # closed polygon
+    assert obj.mask.shape == (4, 5) and obj.mask.sum() == 6 and obj.mask[:2, :3].all()  # COCO: pixel centres
+    assert obj.area == 6 and not obj.crowd
     assert b.objects[0].mask.tolist() == [[False, True, False], [True, False, False]]
     assert b.objects[0].keypoints.shape == (0, 2)
+
+
+def test_load_coco_compressed_rle_and_crowd(tmp_path):
+    from pycocotools import mask as coco_mask
+
+    truth = np.zeros((6, 7), dtype=np.uint8, order="F")
+    truth[1:4, 2:6] = 1
+    truth[5, 0] = 1
+    rle = coco_mask.encode(truth)
+    coco = {"images": [{"id": 1, "file_name": "a.png", "height": 6, "width": 7}],
+            "categories": [{"id": 3, "name": "people"}],
+            "annotations": [{"id": 1, "image_id": 1, "category_id": 3, "bbox": [0, 1, 6, 5], "iscrowd": 1,
+                             "area": 13, "segmentation": {"counts": rle["counts"].decode(), "size": [6, 7]}}]}
+    path = tmp_path / "crowd.json"
+    path.write_text(json.dumps(coco))
+    ((obj,),) = (i.objects for i in load_coco(path))
+    assert obj.crowd and obj.area == 13 and obj.category == "people"
+    assert np.array_equal(obj.mask, truth.astype(bool))
+    coco["annotations"][0]["segmentation"]["size"] = [7, 6]
+    path.write_text(json.dumps(coco))
+    with pytest.raises(AnnotationError, match="RLE size"):
+        load_coco(path)
+
+
+def _ap_truth() -> list[ImageTruth]:
+    return [ImageTruth(1, "a.png", 100, 100, [ObjectTruth("cat", (10, 10, 40, 40), np.zeros((0, 2)), area=1600)]),
+            ImageTruth(2, "b.png", 100, 100, [ObjectTruth("dog", (50, 50, 30, 30), np.zeros((0, 2)), area=900),
+                                              ObjectTruth("crowd", (0, 0, 100, 20), np.zeros((0, 2)), crowd=True,
+                                                          area=2000)])]
+
+
+def test_coco_box_ap_known_answers():
+    truth = _ap_truth()
+    perfect = {1: [(10, 10, 40, 40, 0.9)], 2: [(50, 50, 30, 30, 0.8)]}
+    assert coco_box_ap(truth, perfect) == {"box_ap": 1.0, "box_ap50": 1.0, "box_ap75": 1.0}
+    crowd_hit = {**perfect, 2: [(50, 50, 30, 30, 0.8), (0, 0, 100, 20, 0.95)]}  # on the crowd: ignored
+    assert coco_box_ap(truth, crowd_hit)["box_ap"] == 1.0
+    # IoU of (10, 10, 40, 34) with the cat box is 34/40 = 0.85: a hit at 0.50..0.85, a miss above
+    loose = {1: [(10, 10, 40, 34, 0.9)], 2: [(50, 50, 30, 30, 0.8)]}
+    result = coco_box_ap(truth, loose)
+    assert result["box_ap50"] == 1.0 and result["box_ap75"] == 1.0
+    # IoU 0.90 and 0.95: the first detection (0.9) misses, the second hits: precision 1/2 up to recall 1/2,
+    # which COCO's 101-point interpolation counts at recalls 0, 0.01, ..., 0.50
+    expected = (8 * 1.0 + 2 * 0.5 * 51 / 101) / 10
+    assert abs(result["box_ap"] - expected) < 1e-6
+    assert coco_box_ap(truth, {})["box_ap"] == 0.0
+    wrong_first = {1: [(60, 60, 30, 30, 0.99), (10, 10, 40, 40, 0.5)], 2: [(50, 50, 30, 30, 0.8)]}
+    assert 0.5 < coco_box_ap(truth, wrong_first)["box_ap50"] < 1.0  # a false positive ranked above the hits
 
 
 @pytest.mark.parametrize("content", ["not json", json.dumps({"images": [{"id": 1}]}), json.dumps([1, 2])])

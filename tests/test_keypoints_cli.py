@@ -91,6 +91,7 @@ def test_evaluate_offline_model_on_shipped_annotations(photos, tmp_path):
         assert summary["pointing_game"] == pytest.approx(np.mean([s["pointing"] for s in per_image]))
         assert summary["pck"] == pytest.approx(sum(s["pck_hits"] for s in per_image) / 9)  # 3 + 4 + 2 keypoints
         assert 0 <= summary["mask_jaccard"] <= 1
+        assert 0 <= summary["box_ap"] <= summary["box_ap50"] <= 1 and "box AP" in result.stdout
     for image in report["images"]:
         assert image["random"]["pointing"] * 5 == pytest.approx(round(image["random"]["pointing"] * 5))
     for photo in photos:

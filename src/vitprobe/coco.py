@@ -2,8 +2,11 @@
 
 Read: ``images`` (id, file_name, height, width), ``categories`` (id, name, optional keypoint
 names) and ``annotations`` (image_id, category_id, ``bbox`` [x, y, w, h] in pixels, optional
-``keypoints`` [x, y, v, ...] with v > 0 meaning labelled, optional ``segmentation`` as
-polygons [[x1, y1, x2, y2, ...], ...] or uncompressed RLE {"counts": [...], "size": [h, w]}).
+``keypoints`` [x, y, v, ...] with v > 0 meaning labelled, optional ``iscrowd`` and ``area``,
+optional ``segmentation``). Segmentations are decoded by ``pycocotools`` exactly as COCO's own tools
+do: polygons [[x1, y1, ...], ...] (rasterised at pixel centres), uncompressed RLE
+{"counts": [...], "size": [h, w]} and compressed RLE {"counts": "...", "size": [h, w]} (crowd
+annotations and most segmentation datasets).
 """
 
 from __future__ import annotations
@@ -13,7 +16,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, ImageDraw
 
 
 class AnnotationError(ValueError):
@@ -23,13 +25,16 @@ class AnnotationError(ValueError):
 @dataclass(frozen=True)
 class ObjectTruth:
     """One annotated object: ``box`` (x, y, w, h) in pixels; ``keypoints`` (K, 2) labelled (x, y)
-    with ``keypoint_names``; ``mask`` (H, W) bool or None when the object has no segmentation."""
+    with ``keypoint_names``; ``mask`` (H, W) bool or None when the object has no segmentation;
+    ``crowd`` COCO's ``iscrowd``; ``area`` the annotation's own, else the mask's, else the box's."""
 
     category: str
     box: tuple[float, float, float, float]
     keypoints: np.ndarray
     keypoint_names: tuple[str, ...] = ()
     mask: np.ndarray | None = None
+    crowd: bool = False
+    area: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -70,26 +75,30 @@ def _object(ann: dict, category: dict, image: ImageTruth) -> ObjectTruth:
     names = tuple(category.get("keypoints", [])) or tuple(f"k{i}" for i in range(len(raw)))
     labelled = raw[:, 2] > 0
     segmentation = ann.get("segmentation")
-    mask = _rasterize(segmentation, image.height, image.width) if segmentation else None
+    mask = _decode(segmentation, image.height, image.width) if segmentation else None
+    area = float(ann["area"]) if "area" in ann else float(mask.sum()) if mask is not None else w * h
     return ObjectTruth(
         category.get("name", str(ann["category_id"])), (x, y, w, h), raw[labelled, :2],
-        tuple(n for n, keep in zip(names, labelled, strict=False) if keep), mask,
+        tuple(n for n, keep in zip(names, labelled, strict=False) if keep), mask, bool(ann.get("iscrowd", 0)), area,
     )
 
 
-def _rasterize(segmentation: list | dict, height: int, width: int) -> np.ndarray:
-    """Polygons or uncompressed RLE -> bool mask (height, width)."""
+def _decode(segmentation: list | dict, height: int, width: int) -> np.ndarray:
+    """Polygons, uncompressed or compressed RLE -> bool mask (height, width), by ``pycocotools``."""
+    import warnings
+
+    from pycocotools import mask as coco_mask
+
     if isinstance(segmentation, dict):
-        counts = segmentation["counts"]
-        if isinstance(counts, str):
-            raise ValueError("compressed RLE segmentation is not supported; use polygons or uncompressed RLE")
-        values = np.repeat(np.arange(len(counts)) % 2, counts).astype(bool)
-        return values.reshape(width, height).T  # RLE runs go down the columns
-    canvas = Image.new("1", (width, height), 0)
-    draw = ImageDraw.Draw(canvas)
-    for polygon in segmentation:
-        draw.polygon([(polygon[i], polygon[i + 1]) for i in range(0, len(polygon) - 1, 2)], fill=1)
-    return np.asarray(canvas, dtype=bool)
+        if list(segmentation["size"]) != [height, width]:
+            raise ValueError(f"RLE size {segmentation['size']} is not the image's {[height, width]}")
+        rle = (coco_mask.frPyObjects(segmentation, height, width) if isinstance(segmentation["counts"], list)
+               else segmentation)
+    else:
+        rle = coco_mask.merge(coco_mask.frPyObjects(segmentation, height, width))
+    with warnings.catch_warnings():  # pycocotools' __array__ predates numpy 2's copy keyword
+        warnings.simplefilter("ignore", DeprecationWarning)
+        return coco_mask.decode(rle).astype(bool)
 
 
 def found_to_coco(records: list[dict]) -> dict:

@@ -10,7 +10,11 @@ Metrics, all in original-image pixels:
   CorLoc is the fraction of images with IoU ≥ 0.5;
 - mask Jaccard by the DINO protocol: each candidate map (each head) gives a mass-threshold
   mask; per object the best candidate's Jaccard, averaged over the image's objects, then
-  over images.
+  over images;
+- box AP by COCO's own ``COCOeval`` (``pycocotools``), class-agnostic (``useCats = 0``): every
+  found region's box is a detection scored by its mass (the keypoint finder's score), against all
+  annotated boxes, crowd annotations handled as COCO does (matches to them are ignored); AP over
+  IoU 0.50:0.95, AP50 and AP75.
 
 Baselines run through exactly the same pipeline: ``random_maps`` (i.i.d. uniform per patch, as
 many independent maps as the model has candidates, so best-head selection helps them equally)
@@ -104,7 +108,8 @@ class ImageScores:
 
     ``pointing``: hit (1) or miss (0); ``pck_hits`` of ``pck_total`` labelled keypoints; ``iou``
     of the top box and ``corloc`` (1 when iou ≥ 0.5); ``jaccard`` the DINO-protocol mask score,
-    None without segmented objects.
+    None without segmented objects; ``detections`` the found boxes (x, y, w, h, score) for box AP
+    (none for a mean over draws).
     """
 
     pointing: float
@@ -113,6 +118,7 @@ class ImageScores:
     iou: float
     corloc: float
     jaccard: float | None
+    detections: tuple[tuple[float, float, float, float, float], ...] = ()
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -152,7 +158,8 @@ def score_image(
     if segmented:
         masks = [grid_mask_to_image(m, patch_size, geometry) for m in mass_masks(candidates, opts.fraction)]
         score = float(np.mean([max(jaccard(m, gt) for m in masks) for gt in segmented]))
-    return ImageScores(pointing, hits, total, iou, float(iou >= 0.5), score)
+    detections = tuple((k.box[0], k.box[1], k.box[2] - k.box[0], k.box[3] - k.box[1], float(k.score)) for k in placed)
+    return ImageScores(pointing, hits, total, iou, float(iou >= 0.5), score, detections)
 
 
 def mean_scores(scores: Sequence[ImageScores]) -> ImageScores:
@@ -163,6 +170,41 @@ def mean_scores(scores: Sequence[ImageScores]) -> ImageScores:
         scores[0].pck_total, float(np.mean([s.iou for s in scores])), float(np.mean([s.corloc for s in scores])),
         float(np.mean(jac)) if jac else None,
     )
+
+
+AP_KEYS = ("box_ap", "box_ap50", "box_ap75")
+
+
+def coco_box_ap(truths: Sequence[ImageTruth], detections: dict[int, Sequence[Sequence[float]]]) -> dict[str, float]:
+    """COCO box AP, class-agnostic, of ``detections`` (image id -> (x, y, w, h, score) rows) against the
+    boxes of ``truths`` (the evaluated images only): {box_ap, box_ap50, box_ap75}; NaN where COCOeval
+    has nothing to measure (no ground truth)."""
+    import contextlib
+    import io
+
+    from pycocotools.coco import COCO
+    from pycocotools.cocoeval import COCOeval
+
+    images = [{"id": t.image_id, "height": t.height, "width": t.width} for t in truths]
+    annotations = [{"id": n, "image_id": t.image_id, "category_id": 1, "bbox": list(obj.box), "area": obj.area,
+                    "iscrowd": int(obj.crowd)}
+                   for n, (t, obj) in enumerate(((t, o) for t in truths for o in t.objects), start=1)]
+    found = [{"image_id": image_id, "category_id": 1, "bbox": list(row[:4]), "score": float(row[4])}
+             for image_id, rows in detections.items() for row in rows]
+    with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints its progress
+        truth = COCO()
+        truth.dataset = {"images": images, "annotations": annotations, "categories": [{"id": 1, "name": "object"}]}
+        truth.createIndex()
+        if not found:
+            return dict.fromkeys(AP_KEYS, 0.0) if annotations else dict.fromkeys(AP_KEYS, float("nan"))
+        evaluation = COCOeval(truth, truth.loadRes(found), "bbox")
+        evaluation.params.useCats = 0
+        evaluation.params.imgIds = [t.image_id for t in truths]
+        evaluation.evaluate()
+        evaluation.accumulate()
+        evaluation.summarize()
+    stats = [float("nan") if v < 0 else float(v) for v in evaluation.stats[:3]]  # -1: nothing to measure
+    return dict(zip(AP_KEYS, stats, strict=True))
 
 
 def summarize(scores: Sequence[ImageScores]) -> dict[str, float | None]:

@@ -19,7 +19,17 @@ from PIL import Image
 from .analysis import keypoints as kp
 from .analysis.masks import grid_mask_to_image
 from .coco import ImageTruth
-from .evaluate import ImageScores, LocalizeOptions, centre_gaussian, mean_scores, random_maps, score_image, summarize
+from .evaluate import (
+    AP_KEYS,
+    ImageScores,
+    LocalizeOptions,
+    centre_gaussian,
+    coco_box_ap,
+    mean_scores,
+    random_maps,
+    score_image,
+    summarize,
+)
 from .io.images import ImageLoadError, load_image
 from .io.preprocess import Geometry, PreprocessSpec
 from .methods import Attribution, attribute
@@ -116,6 +126,9 @@ def evaluate_dataset(
     generator = torch.Generator().manual_seed(opts.seed)
     per_image: list[dict] = []
     scores: dict[str, list[ImageScores]] = {name: [] for name in BASELINES}
+    evaluated: list[ImageTruth] = []
+    found: dict[str, list[dict[int, tuple]]] = {"model": [{}], "random": [{} for _ in range(opts.draws)],
+                                                 "centre": [{}]}  # per draw: image id -> detections
     for truth in images:
         if not truth.objects:
             continue
@@ -139,16 +152,23 @@ def evaluate_dataset(
             return score_image(f, c, patch, geometry, truth, opts.localize)
 
         centre = centre_gaussian(grid, opts.sigma)
-        scored = {
-            "model": score(fused[0], candidates[0]),
-            "random": mean_scores([score(random_maps(1, grid, generator)[0], random_maps(k, grid, generator))
-                                   for _ in range(opts.draws)]),
-            "centre": score(centre, centre[None]),
-        }
+        draws = [score(random_maps(1, grid, generator)[0], random_maps(k, grid, generator)) for _ in range(opts.draws)]
+        scored = {"model": score(fused[0], candidates[0]), "random": mean_scores(draws),
+                  "centre": score(centre, centre[None])}
+        evaluated.append(truth)
+        for name, runs in (("model", [scored["model"]]), ("random", draws), ("centre", [scored["centre"]])):
+            for draw, run in zip(found[name], runs, strict=True):
+                draw[truth.image_id] = run.detections
         if on_image is not None:
             on_image(truth, result)
         for name, value in scored.items():
             scores[name].append(value)
         per_image.append({"file_name": truth.file_name, "grid_hw": list(grid), "input_hw": list(geometry.input_hw),
                           **{name: value.to_dict() for name, value in scored.items()}})
-    return {"images": per_image, "summary": {name: summarize(scores[name]) for name in BASELINES}}
+    summary = {}
+    for name in BASELINES:
+        ap = [coco_box_ap(evaluated, draw) for draw in found[name]] if evaluated else [dict.fromkeys(AP_KEYS)]
+        summary[name] = {**summarize(scores[name]),
+                         **{key: None if ap[0][key] is None or np.isnan(np.mean([a[key] for a in ap]))
+                            else float(np.mean([a[key] for a in ap])) for key in AP_KEYS}}
+    return {"images": per_image, "summary": summary}

@@ -42,6 +42,9 @@ ROWS = (
     ("box_iou", "box IoU (mean)"),
     ("corloc", "CorLoc (IoU >= 0.5)"),
     ("mask_jaccard", "mask Jaccard ({masks})"),
+    ("box_ap", "box AP (COCO, 0.50:0.95)"),
+    ("box_ap50", "box AP50"),
+    ("box_ap75", "box AP75"),
 )
 HEADERS = {"model": "model", "random": "random map", "centre": "centre Gaussian"}
 
@@ -106,7 +109,8 @@ def register(app: typer.Typer) -> None:
         upsample: UpsampleOpt = "bilinear",
         device: Annotated[str | None, typer.Option(help="torch device, e.g. cuda")] = None,
     ) -> None:
-        """Pointing game, PCK, box IoU / CorLoc and mask Jaccard, each beside a random and a centre baseline."""
+        """Pointing game, PCK, box IoU / CorLoc, mask Jaccard and COCO box AP, each beside a random and a centre
+        baseline."""
         check_model_spec(model)
         from ..analysis.thresholds import Threshold
         from ..coco import AnnotationError, load_coco
