@@ -14,10 +14,10 @@ from vitprobe.analysis.thresholds import Threshold
 from vitprobe.coco import AnnotationError, ImageTruth, ObjectTruth, found_to_coco, load_coco
 from vitprobe.evaluate import (
     ImageScores,
-    coco_box_ap,
     LocalizeOptions,
     box_iou,
     centre_gaussian,
+    coco_box_ap,
     jaccard,
     mean_scores,
     pck_matches,

@@ -90,8 +90,9 @@ def test_the_toy_model_depends_on_its_one_patch():
 
 def test_a_faithful_map_ranks_the_one_patch_first_and_deletion_drops_at_step_one():
     model = one_patch_model()
-    report = faithfulness(model, [bright_patch_image()], methods=["cls", "chefer", ("legrad", {"start_layer": 0})], steps=9,
-                          randomisation_steps=1, progress=False)
+    methods = ["cls", "chefer", ("legrad", {"start_layer": 0})]
+    report = faithfulness(model, [bright_patch_image()], methods=methods, steps=9, randomisation_steps=1,
+                          progress=False)
     s0 = float(torch.sigmoid(model.forward(model.prepare(bright_patch_image())[0])[0, 0]))
     assert report.score == "probability of class 0 (bright)"
     for record in (r for r in report.records if not r.method.startswith("baseline")):
