@@ -132,10 +132,13 @@ def test_methods_command_lists_every_method_with_its_options():
     result = runner.invoke(app, ["methods"])
     assert result.exit_code == 0
     out = result.stdout
-    for name in ("cls", "query", "layers", "rollout", "gradrollout", "chefer"):
+    for name in ("cls", "query", "layers", "rollout", "gradrollout", "chefer", "legrad", "flow"):
         assert f"\n{name}: " in f"\n{out}"
     assert "  --discard-ratio [0, 1) = 0.0: drop this fraction" in out
-    assert "chefer: Chefer et al. 2021" in out and "(needs: cls, classifier, gradients)" in out
+    chefer = next(line for line in out.splitlines() if line.startswith("chefer: "))
+    assert "Chefer et al. 2021" in chefer and chefer.endswith("(needs: cls, gradients)")
+    legrad = next(line for line in out.splitlines() if line.startswith("legrad: "))
+    assert legrad.endswith("(needs: gradients)")
 
 
 def test_models_lists_families_and_default():
