@@ -51,7 +51,8 @@ def test_needs_plan_one_capture_and_name_what_a_capture_lacks(tiny_dirs):
     a = vp.Needs(cls_layers=frozenset({0}))
     b = vp.Needs(fuse=frozenset({"max"}), full_layers=frozenset({2}))
     both = a | b
-    assert both.capture_kwargs() == {"layers": None, "fuse": ("max",), "full_layers": (2,), "token_norms": False}
+    assert both.capture_kwargs() == {"layers": None, "fuse": ("max",), "full_layers": (2,), "token_norms": False,
+                                     "pool": False}
     assert a.capture_kwargs()["layers"] == [0] and not vp.Needs(gradients=True).forward
     cap = model.capture(photo(), layers=[0], fuse=(), full_layers=())
     assert a.missing(cap) == []

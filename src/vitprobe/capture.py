@@ -11,6 +11,11 @@ once here; so when the model calls ``F.scaled_dot_product_attention`` for such a
 recorder answers that call itself: the same probability blocks it reduces give the output P·V
 (float32, equal to the fused kernel's to rounding). Models that do not call it (eager
 attention, custom kernels) are reduced from the hooked q and k as before.
+
+Some models change q and k after the projections or add to the logits inside attention (a rotary
+position embedding, a relative position bias). Their sites name that (``in_kernel``), and the
+recorder reads q, k and the additive mask from the model's own SDPA call, so the maps hold exactly
+what the kernel softmaxes; a forward that makes no such call is refused in one line.
 """
 
 from __future__ import annotations
@@ -50,7 +55,9 @@ class AttentionSite:
     and k already split per head (B, heads, T, d).
 
     ``qk_transform`` (optional) maps (q, k) shaped (B, heads, T, d) to the q, k that enter the
-    softmax, for models that normalise or rotate them after the projection.
+    softmax, for models that normalise or rotate them after the projection. ``in_kernel`` (optional)
+    names what the model applies inside its attention call (e.g. "a relative position bias"): q, k
+    and the additive mask are then read from that ``scaled_dot_product_attention`` call.
     """
 
     query: nn.Module
@@ -59,6 +66,7 @@ class AttentionSite:
     head_dim: int
     scale: float
     qk_transform: Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]] | None = None
+    in_kernel: str | None = None
 
 
 def shape_of(value: torch.Tensor | None) -> str:
@@ -75,6 +83,7 @@ class Capture:
     - ``full``: layer -> (B, heads, T, T) complete attention of the layers asked for in full;
     - ``reduced``: name -> (L, B, ...) outputs of the extra reducers;
     - ``token_norms``: (L, B, T) L2 norm of each layer's output tokens (when asked for);
+    - ``pool``: (B, heads, T) the attention-pooling head's probe attention over every token (SigLIP);
     - ``images``: the part of each original image the model saw, ``geometry`` how it was mapped;
     - ``logits``: (B, classes) when the model has a classification head;
     - ``pixels``: (B, 3, H, W) the preprocessed model input (for methods that run the model again);
@@ -92,6 +101,7 @@ class Capture:
     geometry: list[Geometry] = field(default_factory=list)
     logits: torch.Tensor | None = None
     token_norms: torch.Tensor | None = None
+    pool: torch.Tensor | None = None
     pixels: torch.Tensor | None = None
     n_layers: int | None = None
 
@@ -104,13 +114,19 @@ class Capture:
         parts += [f"reduced[{name!r}]={shape_of(t)}" for name, t in self.reduced.items()]
         if self.token_norms is not None:
             parts.append(f"token_norms={shape_of(self.token_norms)}")
+        if self.pool is not None:
+            parts.append(f"pool={shape_of(self.pool)}")
         if self.logits is not None:
             parts.append(f"logits={shape_of(self.logits)}")
         return f"Capture({self.model_name!r}, " + ", ".join(parts) + ")"
 
     @property
     def batch_size(self) -> int:
-        return len(self.geometry) if self.geometry else next(iter(self._tensors())).shape[1]
+        if self.geometry:
+            return len(self.geometry)
+        if self.pool is not None:
+            return self.pool.shape[0]
+        return next(iter(self._tensors())).shape[1]
 
     def _tensors(self):
         if self.cls is not None:
@@ -150,10 +166,23 @@ def _split_heads(x: torch.Tensor, num_heads: int, head_dim: int) -> torch.Tensor
     return x.view(b, t, num_heads, head_dim).transpose(1, 2)
 
 
-def attention_probs(q: torch.Tensor, k: torch.Tensor, scale: float) -> torch.Tensor:
-    """softmax(q·kᵀ·scale) in float32: q (B, heads, Tq, d), k (B, heads, T, d) -> (B, heads, Tq, T)."""
+def attention_probs(q: torch.Tensor, k: torch.Tensor, scale: float, bias: torch.Tensor | None = None) -> torch.Tensor:
+    """softmax(q·kᵀ·scale + bias) in float32: q (B, heads, Tq, d), k (B, heads, T, d), an additive bias
+    broadcastable to (B, heads, Tq, T) -> (B, heads, Tq, T)."""
     scores = torch.matmul(q.float(), k.float().transpose(-1, -2)) * scale
+    if bias is not None:
+        scores = scores + bias
     return scores.softmax(dim=-1)
+
+
+def additive_mask(mask: torch.Tensor | None) -> torch.Tensor | None:
+    """An SDPA ``attn_mask`` as a float32 bias added to the logits: float masks as they are, boolean ones
+    (True: attend) as 0 or a large negative number (finite, so entropies stay defined)."""
+    if mask is None:
+        return None
+    if mask.dtype == torch.bool:
+        return torch.zeros(mask.shape, device=mask.device).masked_fill_(~mask, torch.finfo(torch.float32).min / 2)
+    return mask.float()
 
 
 @dataclass
@@ -250,8 +279,10 @@ def for_each_block(
     scale: float,
     consume: Callable[[AttentionBlock], None],
     values: torch.Tensor | None = None,
+    bias: torch.Tensor | None = None,
 ) -> torch.Tensor | None:
-    """Call ``consume`` on every block of softmax(q·kᵀ·scale), q, k (B, heads, T, d), in float32.
+    """Call ``consume`` on every block of softmax(q·kᵀ·scale + bias), q, k (B, heads, T, d), in float32;
+    ``bias`` (optional, float32) broadcasts to (B, heads, T, T).
 
     Blocks follow ``block_shape``; each worker reuses two block buffers, so (B, heads, T, T) is
     never allocated. On CPU the blocks are shared among ``torch.get_num_threads()`` worker
@@ -264,6 +295,7 @@ def for_each_block(
     v = values.to(torch.float32, memory_format=torch.contiguous_format) if values is not None else None
     output = q.new_empty(*q.shape[:3], v.shape[-1]) if v is not None else None
     batch, heads, t, _ = q.shape
+    bias = bias.expand(batch, heads, t, t) if bias is not None else None  # a view: no copy
     n_images, n_rows = block_shape(batch, heads, t, q.device)
     spans = [
         (slice(b0, min(b0 + n_images, batch)), slice(r0, min(r0 + n_rows, t)))
@@ -285,6 +317,8 @@ def for_each_block(
             shape = (images.stop - images.start, heads, rows.stop - rows.start, t)
             size = math.prod(shape)
             s = torch.matmul(q[images, :, rows], kt[images], out=scores[:size].view(shape))
+            if bias is not None:
+                s.add_(bias[images, :, rows])
             p = torch.softmax(s, dim=-1, out=probs[:size].view(shape))  # one fused pass per row
             s.sub_(s.amax(dim=-1, keepdim=True))
             log_z = p.amax(dim=-1).log_().neg_()  # the largest probability is exp(0) / z
@@ -308,7 +342,8 @@ class AttentionRecorder:
     Per forward pass every hooked layer must produce exactly one q and one k; ``finish`` raises
     ``CaptureError`` otherwise. Hooks are removed on exit, also when the forward raises. With
     ``answer_sdpa`` (default) a layer that needs every row is computed once: its
-    ``F.scaled_dot_product_attention`` call is answered from the blocks the recorder reduces.
+    ``F.scaled_dot_product_attention`` call is answered from the blocks the recorder reduces. Sites
+    with ``in_kernel`` are always read from that call (the kernel still runs where nothing is answered).
     """
 
     def __init__(
@@ -361,7 +396,7 @@ class AttentionRecorder:
             self._handles.append(site.key.register_forward_hook(self._hook(layer, self._k)))
             if self.blocks is not None:
                 self._handles.append(self.blocks[layer].register_forward_hook(self._norm_hook(layer)))
-        if self.answers_sdpa:
+        if self.answers_sdpa or any(self.sites[layer].in_kernel for layer in self.layers):
             self._mode = _AnswerSdpa(self.answer_sdpa)
             self._mode.__enter__()
         return self
@@ -382,7 +417,8 @@ class AttentionRecorder:
                 return
             store[layer] = output.detach()
             if layer in self._q and layer in self._k:
-                if self._mode is not None and self._needs_all_rows(layer):
+                wait = self.sites[layer].in_kernel or (self.answers_sdpa and self._needs_all_rows(layer))
+                if self._mode is not None and wait:
                     self._pending = layer
                 else:
                     self._reduce(layer)
@@ -395,6 +431,11 @@ class AttentionRecorder:
     def _flush_pending(self) -> None:
         if self._pending is not None:
             layer, self._pending = self._pending, None
+            if self.sites[layer].in_kernel:
+                raise CaptureError(
+                    f"layer {layer}: the model applies {self.sites[layer].in_kernel} inside its attention and made "
+                    "no scaled_dot_product_attention call to read it from; load it with attn_implementation='sdpa'"
+                )
             self._reduce(layer)
 
     def answer_sdpa(
@@ -408,24 +449,31 @@ class AttentionRecorder:
         scale: float | None = None,
         enable_gqa: bool = False,
     ) -> torch.Tensor | None:
-        """The output of the pending layer's attention call (B, heads, T, d), reduced on the way;
-        None (the model's kernel runs) when no layer waits or the call is not plain self-attention
-        with that layer's q shape, or when gradients are wanted."""
+        """The output of the pending layer's attention call (B, heads, T, d), reduced on the way from
+        the call's own q, k and additive mask; None (the model's kernel runs) when no layer waits, the
+        call is not self-attention with that layer's q shape, or the layer needs no output (only read,
+        ``in_kernel``: its CLS rows, or gradients are wanted)."""
         layer = self._pending
-        if layer is None or attn_mask is not None or dropout_p or is_causal or enable_gqa:
-            return None
-        if torch.is_grad_enabled() and any(x.requires_grad for x in (query, key, value)):
+        if layer is None or dropout_p or is_causal or enable_gqa:
             return None
         site = self.sites[layer]
         hooked = _split_heads(self._q[layer], site.num_heads, site.head_dim)
         if query.shape != hooked.shape or key.shape != query.shape or value.shape[:3] != query.shape[:3]:
             return None
+        grads = torch.is_grad_enabled() and any(x.requires_grad for x in (query, key, value))
+        if grads and not site.in_kernel:
+            return None  # reduced from the hooks
         self._pending = None
         del self._q[layer], self._k[layer]
         self._count[layer] += 1
-        self.sdpa_answered += 1
         scale = query.shape[-1] ** -0.5 if scale is None else scale
-        return self._reduce_qk(layer, query, key, scale, values=value).to(query.dtype)
+        answer = self.answers_sdpa and not grads and self._needs_all_rows(layer)
+        output = self._reduce_qk(layer, query.detach(), key.detach(), scale, values=value if answer else None,
+                                 bias=additive_mask(attn_mask))
+        if not answer:
+            return None
+        self.sdpa_answered += 1
+        return output.to(query.dtype)
 
     def _norm_hook(self, layer: int):
         def hook(_module: nn.Module, _inputs, output) -> None:
@@ -445,16 +493,19 @@ class AttentionRecorder:
         self._reduce_qk(layer, q, k, site.scale)
 
     def _reduce_qk(
-        self, layer: int, q: torch.Tensor, k: torch.Tensor, scale: float, values: torch.Tensor | None = None
+        self, layer: int, q: torch.Tensor, k: torch.Tensor, scale: float, values: torch.Tensor | None = None,
+        bias: torch.Tensor | None = None,
     ) -> torch.Tensor | None:
-        """Record ``layer`` from q, k (B, heads, T, d) as they enter the softmax; with ``values``
-        return the attention output (B, heads, T, d) in float32."""
+        """Record ``layer`` from q, k (B, heads, T, d) as they enter the softmax and the additive ``bias``
+        (broadcastable to (B, heads, T, T)); with ``values`` return the attention output (B, heads, T, d)
+        in float32."""
         layout = self.layout_for(q.shape[2])
         self.layout = layout
         if not self._needs_all_rows(layer):
             if self.want_cls and layout.has_cls:
                 i = layout.cls_index
-                self.cls_rows[layer] = attention_probs(q[:, :, i : i + 1], k, scale)[:, :, 0].cpu()
+                row_bias = bias[..., i : i + 1, :] if bias is not None and bias.shape[-2] > 1 else bias
+                self.cls_rows[layer] = attention_probs(q[:, :, i : i + 1], k, scale, row_bias)[:, :, 0].cpu()
             return None
         batch, heads, t, _ = q.shape
         cls = layout.cls_index if self.want_cls and layout.has_cls else None
@@ -477,7 +528,7 @@ class AttentionRecorder:
             for reducer in by_block.values():
                 reducer.update(block)
 
-        output = for_each_block(q, k, scale, consume, values)
+        output = for_each_block(q, k, scale, consume, values, bias)
         if cls_rows is not None:
             self.cls_rows[layer] = cls_rows.cpu()
         for how, out in fused.items():
@@ -525,6 +576,53 @@ class _AnswerSdpa(TorchFunctionMode):
             if output is not None:
                 return output
         return func(*args, **kwargs)
+
+
+def probe_attention(mha: nn.MultiheadAttention, query: torch.Tensor, key: torch.Tensor) -> torch.Tensor:
+    """Per-head attention (B, heads, Tq, T) of an ``nn.MultiheadAttention`` (batch first, one packed
+    in-projection) for query (B, Tq, D) and key (B, T, D), in float32: softmax(q·kᵀ/√d) of its own
+    projections; the module itself returns only the mean over heads."""
+    d = mha.embed_dim
+    weight, bias = mha.in_proj_weight.float(), mha.in_proj_bias
+    q = F.linear(query.float(), weight[:d], None if bias is None else bias[:d].float())
+    k = F.linear(key.float(), weight[d : 2 * d], None if bias is None else bias[d : 2 * d].float())
+    heads, head_dim = mha.num_heads, d // mha.num_heads
+    q = q.view(q.shape[0], q.shape[1], heads, head_dim).transpose(1, 2)
+    k = k.view(k.shape[0], k.shape[1], heads, head_dim).transpose(1, 2)
+    return attention_probs(q, k, head_dim**-0.5)
+
+
+class PoolingRecorder:
+    """Context manager that records an attention-pooling head's per-head probe attention (B, heads, T)
+    from the inputs of each call; with ``mha`` None it records nothing."""
+
+    def __init__(self, mha: nn.MultiheadAttention | None) -> None:
+        self.mha = mha
+        self._maps: list[torch.Tensor] = []
+        self._handle: torch.utils.hooks.RemovableHandle | None = None
+
+    def __enter__(self) -> PoolingRecorder:
+        if self.mha is not None:
+            if not self.mha.batch_first or not self.mha._qkv_same_embed_dim:
+                raise CaptureError("the pooling head's attention is not batch-first with one in-projection")
+            self._handle = self.mha.register_forward_pre_hook(self._hook, with_kwargs=True)
+        return self
+
+    def _hook(self, mha: nn.MultiheadAttention, args: tuple, kwargs: dict) -> None:
+        query = args[0] if args else kwargs["query"]
+        key = args[1] if len(args) > 1 else kwargs["key"]
+        self._maps.append(probe_attention(mha, query.detach(), key.detach())[:, :, 0].cpu())
+
+    def __exit__(self, *exc) -> None:
+        if self._handle is not None:
+            self._handle.remove()
+            self._handle = None
+
+    def attention(self) -> torch.Tensor:
+        """The probe's attention (B, heads, T) of the one call in the forward pass."""
+        if len(self._maps) != 1:
+            raise CaptureError(f"the pooling head ran {len(self._maps)} times in one forward pass, expected once")
+        return self._maps[0]
 
 
 def stack_layers(per_layer: dict[int, torch.Tensor], layers: Sequence[int]) -> torch.Tensor:

@@ -171,7 +171,8 @@ class Needs:
     ``cls_layers``: layers whose CLS attention rows are recorded; ``fuse``: head fusions of every
     layer's full attention (L, B, T, T), for rollout (all layers are then recorded);
     ``full_layers``: layers kept in full (B, heads, T, T); ``token_norms``: every layer's output
-    token norms; ``gradients``: a second, eager pass with the attention's gradient of a target.
+    token norms; ``gradients``: a second, eager pass with the attention's gradient of a target;
+    ``pool``: the attention-pooling head's probe attention (models without CLS, e.g. SigLIP).
     """
 
     cls_layers: frozenset[int] = frozenset()
@@ -179,21 +180,23 @@ class Needs:
     full_layers: frozenset[int] = frozenset()
     token_norms: bool = False
     gradients: bool = False
+    pool: bool = False
 
     def __or__(self, other: Needs) -> Needs:
         return Needs(self.cls_layers | other.cls_layers, self.fuse | other.fuse, self.full_layers | other.full_layers,
-                     self.token_norms or other.token_norms, self.gradients or other.gradients)
+                     self.token_norms or other.token_norms, self.gradients or other.gradients,
+                     self.pool or other.pool)
 
     @property
     def forward(self) -> bool:
         """Whether the recorded forward pass is needed at all (gradient-only methods run their own)."""
-        return bool(self.cls_layers or self.fuse or self.full_layers or self.token_norms)
+        return bool(self.cls_layers or self.fuse or self.full_layers or self.token_norms or self.pool)
 
     def capture_kwargs(self) -> dict[str, Any]:
         """The ``VitModel.capture`` options that record exactly this."""
         layers = None if self.fuse else sorted(self.cls_layers | self.full_layers)
         return {"layers": layers, "fuse": tuple(sorted(self.fuse)), "full_layers": tuple(sorted(self.full_layers)),
-                "token_norms": self.token_norms}
+                "token_norms": self.token_norms, "pool": self.pool}
 
     def missing(self, cap: Capture) -> list[str]:
         """What ``cap`` lacks of these needs, as ``capture(...)`` options to ask for (empty: nothing)."""
@@ -206,6 +209,8 @@ class Needs:
             out.append(f"full_layers={sorted(self.full_layers)}")
         if self.token_norms and cap.token_norms is None:
             out.append("token_norms=True")
+        if self.pool and cap.pool is None:
+            out.append("pool=True")
         return out
 
 
@@ -306,7 +311,7 @@ class Method(ABC):
 
 _REGISTRY: dict[str, Method] = {}
 _INFRASTRUCTURE = frozenset({"base", "params", "attribute", "artifacts"})
-_LISTED_FIRST = ("cls", "query", "layers", "rollout", "flow", "gradrollout", "chefer", "legrad", "positions",
+_LISTED_FIRST = ("cls", "query", "layers", "rollout", "flow", "gradrollout", "chefer", "legrad", "pool", "positions",
                  "filters")
 """Modules imported first, so listings read from raw attention to gradient methods; others follow by name."""
 _loaded = False

@@ -12,7 +12,7 @@ from PIL import Image
 from torch import nn
 from tqdm.auto import tqdm
 
-from ..capture import AttentionRecorder, AttentionSite, Capture, CaptureError, Reducer, stack_layers
+from ..capture import AttentionRecorder, AttentionSite, Capture, CaptureError, PoolingRecorder, Reducer, stack_layers
 from ..io.images import load_image
 from ..io.preprocess import PreprocessSpec, preprocess
 from ..layout import TokenLayout
@@ -38,7 +38,9 @@ class VitModel:
     returns (logits or None, per-layer probabilities (B, heads, T, T), per-layer output tokens
     (B, T, D)), all inside the autograd graph, for gradient methods; ``readout(tokens)`` takes any
     layer's tokens through the final norm, pooling and head: (embedding (B, D), logits or None).
-    Both are None where the adapter cannot.
+    Both are None where the adapter cannot. ``pool_attention`` is the attention-pooling head of a
+    model without CLS (SigLIP: a learned probe attends to every token); ``similarity(embeddings (B, D),
+    prompts)`` gives a dual model's own image–text logits (B, P); each is None where the model has none.
     """
 
     name: str
@@ -56,6 +58,8 @@ class VitModel:
     attention_forward: Callable[[torch.Tensor], tuple[torch.Tensor | None, list[torch.Tensor], list[torch.Tensor]]] \
         | None = None
     readout: Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor | None]] | None = None
+    pool_attention: nn.MultiheadAttention | None = None
+    similarity: Callable[[torch.Tensor, Sequence[str]], torch.Tensor] | None = None
 
     @property
     def num_layers(self) -> int:
@@ -127,6 +131,7 @@ class VitModel:
         full_layers: Sequence[int] = (-1,),
         reducers: dict[str, Reducer] | None = None,
         token_norms: bool = False,
+        pool: bool = False,
         batch_size: int = 8,
         progress: bool = False,
     ) -> Capture:
@@ -135,12 +140,14 @@ class VitModel:
         Always kept: the CLS rows (L, B, heads, T). ``fuse`` keeps head-fused (L, B, T, T)
         matrices (for rollout); ``full_layers`` keeps (B, heads, T, T) of those layers (for
         query-patch maps); ``reducers`` add per-layer reductions (name -> (L, B, ...));
-        ``token_norms`` keeps the L2 norm of every output token of every layer (L, B, T).
+        ``token_norms`` keeps the L2 norm of every output token of every layer (L, B, T); ``pool`` the
+        attention-pooling head's probe attention over every token (B, heads, T).
         """
         pixels, views, geometry = self.prepare(images, size)
         return self.capture_pixels(
             pixels, layers=layers, fuse=fuse, full_layers=full_layers, reducers=reducers,
-            token_norms=token_norms, batch_size=batch_size, progress=progress, views=views, geometry=geometry,
+            token_norms=token_norms, pool=pool, batch_size=batch_size, progress=progress, views=views,
+            geometry=geometry,
         )
 
     def capture_pixels(
@@ -152,6 +159,7 @@ class VitModel:
         full_layers: Sequence[int] = (-1,),
         reducers: dict[str, Reducer] | None = None,
         token_norms: bool = False,
+        pool: bool = False,
         batch_size: int = 8,
         progress: bool = False,
         views: list[Image.Image] | None = None,
@@ -161,6 +169,8 @@ class VitModel:
         layer_ids = self.resolve_layers(layers)
         full_ids = [i for i in self.resolve_layers(full_layers) if i in layer_ids] if full_layers else []
         layout = self.layout(tuple(pixels.shape[-2:]))
+        if pool and self.pool_attention is None:
+            raise CaptureError(f"{self.name} has no attention-pooling head, so it has no pooling map")
 
         def layout_for(n_tokens: int) -> TokenLayout:
             if n_tokens != layout.n_tokens:
@@ -171,7 +181,7 @@ class VitModel:
             return layout
 
         parts: list[AttentionRecorder] = []
-        logits = []
+        logits, pooled = [], []
         starts = range(0, pixels.shape[0], batch_size)
         for start in tqdm(starts, desc="capture", unit="batch", disable=not progress or len(starts) < 2):
             batch = pixels[start : start + batch_size].to(self.device, self.dtype)
@@ -179,9 +189,11 @@ class VitModel:
                 self.sites, layout_for, layer_ids, cls=layout.has_cls, fuse=fuse,
                 full_layers=full_ids, reducers=reducers, blocks=self.blocks if token_norms else None,
             )
-            with recorder, torch.no_grad():
+            with recorder, PoolingRecorder(self.pool_attention if pool else None) as pooling, torch.no_grad():
                 out = self.forward(batch)
             recorder.finish()
+            if pool:
+                pooled.append(pooling.attention())
             parts.append(recorder)
             if out is not None:
                 logits.append(out.float().cpu())
@@ -194,11 +206,12 @@ class VitModel:
             layout=layout,
             layers=layer_ids,
             model_name=self.name,
-            cls=cat(lambda r: r.cls_rows) if layout.has_cls else None,
+            cls=cat(lambda r: r.cls_rows) if layout.has_cls and layer_ids else None,
             fused={how: cat(lambda r, h=how: r.fused[h]) for how in fuse},
             full={i: torch.cat([r.full[i] for r in parts]) if len(parts) > 1 else parts[0].full[i] for i in full_ids},
             reduced={name: cat(lambda r, n=name: r.reduced[n]) for name in (reducers or {})},
             token_norms=cat(lambda r: r.token_norms) if token_norms else None,
+            pool=torch.cat(pooled) if pooled else None,
             images=list(views or []),
             geometry=list(geometry or []),
             logits=torch.cat(logits) if logits else None,

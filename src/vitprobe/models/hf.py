@@ -1,11 +1,14 @@
-"""Hugging Face transformers adapter: ViT, DeiT (incl. distilled), DINO, DINOv2, DINOv2 with registers."""
+"""Hugging Face transformers adapter: the families described in ``models/huggingface/``, loaded with
+transformers' own ``from_pretrained`` (no remote code) and wrapped as a ``VitModel``."""
 
 from __future__ import annotations
 
+import importlib
 import json
 import logging
+import math
+import pkgutil
 
-import torch
 import transformers
 from PIL import Image
 from torch import nn
@@ -13,51 +16,54 @@ from torch import nn
 from ..capture import AttentionSite
 from ..hub import locate
 from ..io.preprocess import PreprocessSpec
+from . import huggingface
 from .base import UnsupportedModelError, VitModel
+from .huggingface.spec import FAMILIES, HfFamily
 
 log = logging.getLogger(__name__)
 
-SUPPORTED_TYPES = ("vit", "deit", "dinov2", "dinov2_with_registers")
-_NEEDS_INTERPOLATE_FLAG = ("vit", "deit")
-_MODEL_CLASSES = (
-    "ViTModel", "ViTForImageClassification",
-    "DeiTModel", "DeiTForImageClassification", "DeiTForImageClassificationWithTeacher",
-    "Dinov2Model", "Dinov2ForImageClassification",
-    "Dinov2WithRegistersModel", "Dinov2WithRegistersForImageClassification",
-)
 _WHY_NOT = {
     "swin": "windowed attention (B·windows, heads, 49, 49) has no global attention map",
     "swinv2": "windowed attention has no global attention map",
-    "siglip_vision_model": "no CLS token (attention-pooled), so a CLS map is undefined",
-    "siglip": "no CLS token (attention-pooled), so a CLS map is undefined",
 }
 
 
-def unsupported(model_type: str) -> UnsupportedModelError:
-    why = _WHY_NOT.get(model_type, "its attention layout is not known to vitprobe")
-    return UnsupportedModelError(
-        f"model type {model_type!r} is not supported ({why}); supported Hugging Face types: "
-        f"{', '.join(SUPPORTED_TYPES)}; timm ViTs via 'timm:<name>'"
-    )
+def hf_families() -> dict[str, HfFamily]:
+    """Every described family by model type (the modules of ``models/huggingface`` register themselves)."""
+    for info in pkgutil.iter_modules(huggingface.__path__):
+        importlib.import_module(f"{huggingface.__name__}.{info.name}")
+    return FAMILIES
 
 
-def prefix_names(config) -> tuple[str, ...]:
-    """Tokens before the patch grid, read from the config's model type."""
-    if config.model_type == "deit":
-        return ("cls", "distillation")
-    if config.model_type == "dinov2_with_registers":
-        return ("cls", *(f"reg{i}" for i in range(config.num_register_tokens)))
-    return ("cls",)
+def family_of(model_type: str) -> HfFamily:
+    """The family of a config's ``model_type``; ``UnsupportedModelError`` (one line) when none is described."""
+    families = hf_families()
+    if model_type not in families:
+        why = _WHY_NOT.get(model_type, "its attention layout is not known to vitprobe")
+        raise UnsupportedModelError(
+            f"model type {model_type!r} is not supported ({why}); supported Hugging Face types: "
+            f"{', '.join(sorted(families))}; timm ViTs via 'timm:<name>'"
+        )
+    return families[model_type]
 
 
-def attention_sites(module: nn.Module, config) -> list[AttentionSite]:
-    """Every self-attention layer in forward order: modules that own q_proj and k_proj."""
+def vision_config(config):
+    """The image tower's config: a dual model's ``vision_config``, else the config itself."""
+    return getattr(config, "vision_config", None) or config
+
+
+def attention_sites(vision: nn.Module, config, in_kernel: str | None = None) -> list[AttentionSite]:
+    """Every self-attention layer of the image tower in forward order: modules owning linear q and k
+    projections (``q_proj``/``k_proj`` or ``query``/``key``)."""
     sites = []
-    for sub in module.modules():
-        if isinstance(getattr(sub, "q_proj", None), nn.Linear) and isinstance(getattr(sub, "k_proj", None), nn.Linear):
-            heads = config.num_attention_heads
-            head_dim = sub.q_proj.out_features // heads
-            sites.append(AttentionSite(sub.q_proj, sub.k_proj, heads, head_dim, float(sub.scaling)))
+    heads = config.num_attention_heads
+    for sub in vision.modules():
+        for q_name, k_name in (("q_proj", "k_proj"), ("query", "key")):
+            query, key = getattr(sub, q_name, None), getattr(sub, k_name, None)
+            if isinstance(query, nn.Linear) and isinstance(key, nn.Linear):
+                head_dim = query.out_features // heads
+                scale = float(getattr(sub, "scaling", getattr(sub, "scale", head_dim**-0.5)))
+                sites.append(AttentionSite(query, key, heads, head_dim, scale, in_kernel=in_kernel))
     if len(sites) != config.num_hidden_layers:
         raise UnsupportedModelError(
             f"found {len(sites)} attention layers with q/k projections, config says {config.num_hidden_layers}"
@@ -76,34 +82,26 @@ def blocks(module: nn.Module, sites: list[AttentionSite]) -> list[nn.Module]:
     return [owner[i] for i in range(len(sites))]
 
 
-def position_grid(module: nn.Module, config) -> torch.Tensor | None:
-    """Learned position table of the patch tokens at its native grid (gh, gw, D)."""
-    table = getattr(getattr(_base(module), "embeddings", None), "position_embeddings", None)
-    if table is None:
-        return None
-    n_prefix = 2 if config.model_type == "deit" else 1  # registers carry no position embedding
-    patches = table.detach()[0, n_prefix:]
-    side = int(round(patches.shape[0] ** 0.5))
-    return patches.reshape(side, side, -1)
-
-
-def _base(module: nn.Module) -> nn.Module:
-    """The backbone of a model with or without a classification head."""
-    for name in ("vit", "deit", "dinov2", "dinov2_with_registers"):
-        if hasattr(module, name):
-            return getattr(module, name)
-    return module
+def _native_side(config) -> int:
+    """The input side a config was trained at: ``image_size``, or (NaFlex) the square of its position table."""
+    size = getattr(config, "image_size", None)
+    if size is None:
+        return math.isqrt(config.num_patches) * config.patch_size
+    return size if isinstance(size, int) else size[0]
 
 
 def preprocess_from_dict(proc: dict | None, config) -> PreprocessSpec:
     """The model's own image-processor settings (preprocessor_config.json) as a PreprocessSpec."""
     if not proc:
-        side = config.image_size if isinstance(config.image_size, int) else config.image_size[0]
+        side = _native_side(config)
         log.warning("no preprocessor_config.json: resizing to %dx%d with mean/std 0.5", side, side)
         return PreprocessSpec(mean=(0.5,) * 3, std=(0.5,) * 3, resize_hw=(side, side))
     size = proc.get("size") or {}
     shortest = size.get("shortest_edge") if proc.get("do_resize", True) else None
     resize_hw = (size["height"], size["width"]) if "height" in size and not shortest else None
+    if "max_num_patches" in proc and not size:  # NaFlex: the square grid of that many patches
+        side = math.isqrt(proc["max_num_patches"]) * proc.get("patch_size", config.patch_size)
+        resize_hw = (side, side)
     crop = proc.get("crop_size") if proc.get("do_center_crop") else None
     return PreprocessSpec(
         mean=tuple(proc.get("image_mean", (0.5, 0.5, 0.5))),
@@ -115,17 +113,18 @@ def preprocess_from_dict(proc: dict | None, config) -> PreprocessSpec:
     )
 
 
-def wrap(module: nn.Module, name: str, preprocess: PreprocessSpec | None = None) -> VitModel:
-    """Wrap a loaded transformers ViT-family module (eval mode) as a VitModel."""
-    config = module.config
-    if config.model_type not in SUPPORTED_TYPES:
-        raise unsupported(config.model_type)
+def wrap(module: nn.Module, name: str, preprocess: PreprocessSpec | None = None,
+         source: str | None = None) -> VitModel:
+    """Wrap a loaded transformers module of a described family (put in eval mode) as a VitModel;
+    ``source``: the directory or hub id it came from (its tokenizer, for text prompts)."""
+    family = family_of(module.config.model_type)
     module.eval()
-    flag = {"interpolate_pos_encoding": True} if config.model_type in _NEEDS_INTERPOLATE_FLAG else {}
+    family.prepare(module)
+    vision = family.vision(module)
+    config = vision_config(module.config)
 
     def forward(pixels):
-        out = module(pixel_values=pixels, **flag)
-        return getattr(out, "logits", None)
+        return getattr(family.run(module, pixels), "logits", None)
 
     def attention_forward(pixels):
         """Eager attention for this call: logits or None, per-layer probabilities (B, heads, T, T) and
@@ -133,50 +132,32 @@ def wrap(module: nn.Module, name: str, preprocess: PreprocessSpec | None = None)
         previous = module.config._attn_implementation
         module.set_attn_implementation("eager")
         try:
-            out = module(pixel_values=pixels, output_attentions=True, output_hidden_states=True, **flag)
+            out = family.run(module, pixels, output_attentions=True, output_hidden_states=True)
         finally:
             module.set_attn_implementation(previous)
         return getattr(out, "logits", None), list(out.attentions), list(out.hidden_states[1:])
 
     has_head = hasattr(module, "classifier") or hasattr(module, "cls_classifier")
     patch = config.patch_size if isinstance(config.patch_size, int) else config.patch_size[0]
-    sites = attention_sites(module, config)
+    sites = attention_sites(vision, config, family.in_kernel)
     return VitModel(
         name=name,
-        family=f"hf-{config.model_type}",
+        family=f"hf-{module.config.model_type}",
         module=module,
         sites=sites,
-        blocks=blocks(module, sites),
-        patch_weight=_base(module).embeddings.patch_embeddings.projection.weight.detach(),
-        position_grid=position_grid(module, config),
-        prefix_names=prefix_names(config),
+        blocks=blocks(vision, sites),
+        patch_weight=family.patch_weight(vision),
+        position_grid=family.position_grid(vision),
+        prefix_names=family.prefix_names(config),
         patch_size=patch,
         preprocess=preprocess or preprocess_from_dict(None, config),
         forward=forward,
         attention_forward=attention_forward,
-        readout=_readout(module, config),
-        labels={int(k): v for k, v in config.id2label.items()} if has_head else {},
+        readout=family.readout(module),
+        labels={int(k): v for k, v in module.config.id2label.items()} if has_head else {},
+        pool_attention=family.pool(module),
+        similarity=family.similarity(module, source) if family.similarity and source else None,
     )
-
-
-def _readout(module: nn.Module, config):
-    """tokens (B, T, D) of any layer -> (pooled embedding (B, D), logits or None) through the model's final
-    layer norm and its own pooling and head, as its forward does them for the last layer."""
-    norm = _base(module).layernorm
-    n_prefix = len(prefix_names(config))
-
-    def readout(tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
-        x = norm(tokens)
-        embedding = x[:, 0]
-        if hasattr(module, "cls_classifier"):  # DeiT with teacher: the mean of both heads
-            return embedding, (module.cls_classifier(x[:, 0]) + module.distillation_classifier(x[:, 1])) / 2
-        if not hasattr(module, "classifier"):
-            return embedding, None
-        if config.model_type.startswith("dinov2"):  # CLS beside the mean of the patch tokens
-            return embedding, module.classifier(torch.cat([x[:, 0], x[:, n_prefix:].mean(dim=1)], dim=-1))
-        return embedding, module.classifier(x[:, 0])
-
-    return readout
 
 
 def _processor_dict(spec: str, local_only: bool) -> dict | None:
@@ -193,10 +174,9 @@ def load_hf(spec: str, attn_implementation: str | None = None) -> VitModel:
     """Load a hub id or local directory with transformers' own from_pretrained (no remote code)."""
     local_only = locate(spec)
     config = transformers.AutoConfig.from_pretrained(spec, trust_remote_code=False, local_files_only=local_only)
-    if config.model_type not in SUPPORTED_TYPES:
-        raise unsupported(config.model_type)
+    family = family_of(config.model_type)
     arch = (config.architectures or [""])[0]
-    cls = getattr(transformers, arch) if arch in _MODEL_CLASSES else transformers.AutoModel
+    cls = getattr(transformers, arch) if arch in family.classes else transformers.AutoModel
     kwargs = {"attn_implementation": attn_implementation} if attn_implementation else {}
     module = cls.from_pretrained(spec, trust_remote_code=False, local_files_only=local_only, **kwargs)
-    return wrap(module, spec, preprocess_from_dict(_processor_dict(spec, local_only), config))
+    return wrap(module, spec, preprocess_from_dict(_processor_dict(spec, local_only), vision_config(config)), spec)

@@ -1,0 +1,1 @@
+"""Hugging Face transformers families: one module each, describing its model with an ``HfFamily``."""

@@ -1,0 +1,81 @@
+"""What vitprobe must know of one Hugging Face model family, and the registry of families."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+Readout = Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor | None]]
+"""Any layer's tokens (B, T, D) -> (pooled embedding (B, D), logits (B, classes) or None)."""
+Similarity = Callable[[torch.Tensor, Sequence[str]], torch.Tensor]
+"""Image embeddings (B, D) from the readout and text prompts -> the model's image–text logits (B, P)."""
+
+
+def _whole(module: nn.Module) -> nn.Module:
+    return module
+
+
+def _plain_run(module: nn.Module, pixels: torch.Tensor, **kwargs: Any) -> Any:
+    return module(pixel_values=pixels, **kwargs)
+
+
+def _nothing(_module: nn.Module) -> None:
+    return None
+
+
+@dataclass(frozen=True)
+class HfFamily:
+    """One family of transformers models: how to find its parts and run its image tower.
+
+    - ``title``: the family as the docs name it; ``model_types``: the config ``model_type`` values;
+      ``classes``: the transformers classes a checkpoint's ``architectures`` may name;
+      ``checkpoint``: a real checkpoint of the family (for listings and the README);
+    - ``prefix_names(vision_config)``: the tokens before the patch grid, e.g. ("cls",) or ();
+    - ``vision(module)``: the image tower (where the attention layers are searched);
+    - ``run(module, pixels (B, 3, H, W), **kwargs)``: the forward the model's own users call, returning
+      the model output (with ``logits`` where the model has a classification head);
+    - ``patch_weight(vision)`` (D, 3, P, P) and ``position_grid(vision)`` (gh, gw, D) or None;
+    - ``readout(module)``: any layer's tokens through the final norm, pooling and head;
+    - ``in_kernel``: what the model applies inside attention (rotary embedding, position bias), so q,
+      k and the mask are read from its SDPA call; ``pool(module)``: the attention-pooling head
+      (``nn.MultiheadAttention``, a learned probe as its query) or None; ``similarity(module, processor
+      directory)``: the image–text logits of a dual model, or None; ``prepare(module)`` adjusts a loaded
+      model for capture (e.g. MAE runs unmasked).
+    """
+
+    title: str
+    model_types: tuple[str, ...]
+    classes: tuple[str, ...]
+    checkpoint: str
+    prefix_names: Callable[[Any], tuple[str, ...]]
+    patch_weight: Callable[[nn.Module], torch.Tensor]
+    readout: Callable[[nn.Module], Readout]
+    vision: Callable[[nn.Module], nn.Module] = _whole
+    run: Callable[..., Any] = _plain_run
+    position_grid: Callable[[nn.Module], torch.Tensor | None] = _nothing
+    in_kernel: str | None = None
+    pool: Callable[[nn.Module], nn.MultiheadAttention | None] = _nothing
+    similarity: Callable[[nn.Module, str], Similarity | None] | None = None
+    prepare: Callable[[nn.Module], None] = _nothing
+    gives: str = ""
+
+
+FAMILIES: dict[str, HfFamily] = {}
+
+
+def register_hf_family(family: HfFamily) -> HfFamily:
+    """Make ``family`` loadable under each of its model types."""
+    for model_type in family.model_types:
+        FAMILIES[model_type] = family
+    return family
+
+
+def square_grid(table: torch.Tensor, n_prefix: int) -> torch.Tensor | None:
+    """The patch rows of a learned position table (1, n_prefix + gh·gw, D) or (n, D) as (g, g, D)."""
+    patches = table.detach().reshape(-1, table.shape[-1])[n_prefix:]
+    side = int(round(patches.shape[0] ** 0.5))
+    return patches.reshape(side, side, -1) if side * side == patches.shape[0] else None
