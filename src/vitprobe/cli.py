@@ -113,6 +113,9 @@ def models() -> None:
 
     for prefix, text in families().items():
         typer.echo(f"{prefix + ':':10s} {text}")
+    typer.echo("\nHugging Face families (hf:<hub id or directory>): prefix tokens, methods, an example checkpoint")
+    for line in family_lines():
+        typer.echo(line)
     try:
         source = f"weights from {onnx_path()}"
     except RuntimeError as err:
@@ -120,6 +123,24 @@ def models() -> None:
     cached = (cache_dir() / OFFLINE_NAME / "model.safetensors").exists()
     typer.echo(f"\ndefault model: {OFFLINE_NAME} ({'converted, cached' if cached else 'converted on first use'}; "
                f"{source})")
+
+
+def family_lines() -> list[str]:
+    """One line per Hugging Face family: its title, model types, prefix tokens, the methods it supports
+    (those whose requirements its tokens meet) and a real checkpoint."""
+    from .methods import methods as registered
+    from .models.hf import hf_families
+
+    lines, seen = [], set()
+    for family in hf_families().values():
+        if family.title in seen:
+            continue
+        seen.add(family.title)
+        usable = [m.name for m in registered()
+                  if ("cls" not in m.requires or family.has_cls) and ("pool" not in m.requires or family.has_pool)]
+        lines.append(f"  {family.title} ({', '.join(family.model_types)}); tokens: {family.tokens}; "
+                     f"methods: {', '.join(usable)}; e.g. {family.checkpoint}")
+    return lines
 
 
 @app.command(name="methods")

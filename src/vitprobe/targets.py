@@ -10,6 +10,9 @@
   is rounding noise;
 - ``"image:PATH"``: another image's embedding r, the same projection ⟨e, r/‖r‖⟩ (where in this image is
   what matches that one);
+- ``"text:PROMPT"``, or any other string for a vision-language model without a class head (CLIP,
+  MetaCLIP 2, SigLIP): the image–text logit the model itself computes for that prompt (its logit scale
+  times the cosine of the image and text embeddings, plus SigLIP's bias);
 - None: the top class of a model with a head, else ``"self"``.
 
 ``gradient_pass`` runs the model once more with eager attention (a fused kernel never materialises
@@ -35,6 +38,7 @@ if TYPE_CHECKING:
 Target = int | str | None
 SELF = "self"
 IMAGE_PREFIX = "image:"
+TEXT_PREFIX = "text:"
 
 
 @dataclass
@@ -127,6 +131,24 @@ def is_embedding_target(target: Target) -> bool:
     return isinstance(target, str) and (target == SELF or target.startswith(IMAGE_PREFIX))
 
 
+def text_prompt(model: VitModel, target: Target) -> str | None:
+    """The prompt a target names for ``model``: ``text:PROMPT``, or a plain string (not digits, ``self`` or
+    ``image:PATH``) when the model has a text tower and no class head; None for any other target."""
+    if not isinstance(target, str) or is_embedding_target(target):
+        return None
+    if target.startswith(TEXT_PREFIX):
+        prompt = target.removeprefix(TEXT_PREFIX).strip()
+    elif model.similarity is not None and not model.labels and not target.strip().isdigit():
+        prompt = target.strip()
+    else:
+        return None
+    if model.similarity is None:
+        raise ValueError(f"{model.name} has no text tower, so a text prompt cannot be a target")
+    if not prompt:
+        raise ValueError("a text target needs a prompt: text:PROMPT")
+    return prompt
+
+
 def reference_embedding(model: VitModel, pixels: torch.Tensor, own: torch.Tensor, target: Target) -> torch.Tensor:
     """The unit reference direction (B, D) of an embedding target for pixels (B, 3, H, W): each image's
     ``own`` embedding (B, D) minus that of a blank image of the same size (``self``), or the embedding
@@ -146,6 +168,12 @@ def gradient_pass(model: VitModel, pixels: torch.Tensor, target: Target = None) 
     with torch.enable_grad():
         logits, attns, tokens = model.attention_forward(pixels)
     detached = None if logits is None else logits.detach().float()
+    prompt = text_prompt(model, target)
+    if prompt is not None:
+        def prompt_score(layer_tokens: torch.Tensor) -> torch.Tensor:
+            return model.similarity(model.readout(layer_tokens)[0], [prompt])[:, 0]
+
+        return GradientPass(list(attns), list(tokens), detached, prompt_score, None, f'the prompt "{prompt}"')
     if is_embedding_target(target) or (target is None and logits is None):
         reference = reference_embedding(model, pixels.detach(), model.readout(tokens[-1])[0], target)
 

@@ -86,7 +86,7 @@ class Param:
             return f"[{low}, {high}{')' if self.high_open else ']'}"
         return {"layer": "INT (negative: from the end)", "head": "INT or none (heads fused)",
                 "patch": "ROW,COL (default: grid centre)", "point": "X,Y (pixels of the original image)",
-                "target": "INDEX, LABEL, self or image:PATH",
+                "target": "INDEX, LABEL, self, image:PATH or text:PROMPT",
                 "int": "INT", "float": "FLOAT"}[self.kind]
 
     def parse(self, text: str) -> Any:

@@ -129,12 +129,8 @@ def wrap(module: nn.Module, name: str, preprocess: PreprocessSpec | None = None,
     def attention_forward(pixels):
         """Eager attention for this call: logits or None, per-layer probabilities (B, heads, T, T) and
         each layer's output tokens (B, T, D), all in the autograd graph."""
-        previous = module.config._attn_implementation
-        module.set_attn_implementation("eager")
-        try:
+        with family.eager(module):
             out = family.run(module, pixels, output_attentions=True, output_hidden_states=True)
-        finally:
-            module.set_attn_implementation(previous)
         return getattr(out, "logits", None), list(out.attentions), list(out.hidden_states[1:])
 
     has_head = hasattr(module, "classifier") or hasattr(module, "cls_classifier")

