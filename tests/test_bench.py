@@ -17,6 +17,7 @@ from vitprobe.cli import app
 TINY = {
     "dinov2": ModelSpec("tiny-dinov2", "dinov2", hidden=32, layers=3, heads=4, patch=8, image=32, init_std=0.3),
     "vit": ModelSpec("tiny-vit", "vit", hidden=32, layers=3, heads=4, patch=8, image=32, init_std=0.3),
+    "dinov3": ModelSpec("tiny-dinov3", "dinov3", hidden=32, layers=3, heads=4, patch=8, image=32, init_std=0.3),
 }
 
 
@@ -56,7 +57,7 @@ def test_full_workload_statistics_match_float64(tiny):
                                    float64_distance(attn, layout, False), rtol=1e-5)
         np.testing.assert_allclose(full["entropy_cls"][layer].numpy(), float64_entropy(attn[:, :, 0]), atol=1e-5)
     fused = np.stack([a.mean(axis=1) for a in attentions])
-    patches = float64_rollout(fused, 0)[:, 1:]
+    patches = float64_rollout(fused, 0)[:, layout.n_prefix :]
     p = patches / patches.sum(-1, keepdims=True)
     np.testing.assert_allclose(full["rollout_entropy"].numpy(), -(p * np.log(p)).sum(-1), rtol=1e-5)
 

@@ -74,7 +74,7 @@ class ModelSpec:
     """
 
     name: str
-    family: str  # "vit" (ViTModel) or "dinov2" (Dinov2Model)
+    family: str  # "vit" (ViTModel), "dinov2" (Dinov2Model) or "dinov3" (DINOv3ViTModel: rotary, 4 registers)
     hidden: int
     layers: int
     heads: int
@@ -88,7 +88,7 @@ class ModelSpec:
 
     @property
     def n_tokens(self) -> int:
-        return (self.image // self.patch) ** 2 + 1
+        return (self.image // self.patch) ** 2 + (5 if self.family == "dinov3" else 1)
 
     @property
     def n_params(self) -> int:
@@ -110,6 +110,9 @@ class ModelSpec:
         if self.family == "vit":
             config = transformers.ViTConfig(intermediate_size=4 * self.hidden, **common)
             module = transformers.ViTModel(config, add_pooling_layer=False)
+        elif self.family == "dinov3":
+            config = transformers.DINOv3ViTConfig(intermediate_size=4 * self.hidden, num_register_tokens=4, **common)
+            module = transformers.DINOv3ViTModel(config)
         else:
             module = transformers.Dinov2Model(transformers.Dinov2Config(mlp_ratio=4, **common))
         module.set_attn_implementation(attn_implementation)
@@ -124,6 +127,7 @@ MODELS = {
         ModelSpec("ViT-B/16", "vit", hidden=768, layers=12, heads=12, patch=16, image=224),
         ModelSpec("DINOv2-S/14", "dinov2", hidden=384, layers=12, heads=6, patch=14, image=518),
         ModelSpec("DINOv2-L/14", "dinov2", hidden=1024, layers=24, heads=16, patch=14, image=518),
+        ModelSpec("DINOv3-S/16", "dinov3", hidden=384, layers=12, heads=6, patch=16, image=512),
     )
 }
 

@@ -12,9 +12,8 @@ import typer
 def register(app: typer.Typer) -> None:
     @app.command()
     def bench(
-        models: Annotated[str, typer.Option(help="comma-separated: ViT-B/16, DINOv2-S/14, DINOv2-L/14")] = (
-            "ViT-B/16,DINOv2-S/14,DINOv2-L/14"
-        ),
+        models: Annotated[str, typer.Option(help="comma-separated: ViT-B/16, DINOv2-S/14, DINOv2-L/14, DINOv3-S/16")
+                          ] = "ViT-B/16,DINOv2-S/14,DINOv2-L/14,DINOv3-S/16",
         batches: Annotated[str, typer.Option(help="comma-separated batch sizes")] = "1,8",
         device: Annotated[str, typer.Option(help="cpu or cuda")] = "cpu",
         dtypes: Annotated[str | None, typer.Option(help="default float32 on CPU, +float16,bfloat16 on GPU")] = None,
