@@ -167,7 +167,7 @@ def test_pool_map_is_the_probes_own_attention(family_dirs, name):
     pixels = torch.randn(2, 3, 32, 48, generator=torch.Generator().manual_seed(5))
     cap = model.capture_pixels(pixels, layers=[], fuse=(), full_layers=(), pool=True)
     caught = {}
-    handle = model.pool_attention.register_forward_hook(lambda _m, _i, out: caught.update(weights=out[1]))
+    handle = model.pool.module.register_forward_hook(lambda _m, _i, out: caught.update(weights=out[1]))
     with torch.no_grad():
         model.forward(pixels)
     handle.remove()

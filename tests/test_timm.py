@@ -224,3 +224,28 @@ def test_the_torchvision_stand_in_stays_inside_timms_import():
         assert not [m for m in sys.modules if m == "torchvision" or m.startswith("torchvision.")]
     assert (importlib.util.find_spec("torchvision") is not None) == real
     assert is_torchvision_available() == real
+
+
+def test_map_pooling_head_gives_the_pool_map():
+    """SigLIP-style ``attn_pool``: the latent's attention, against float64 from the head's own weights."""
+    model = wrapped("siglip_map")
+    pixels = torch.randn(2, 3, 32, 48, generator=torch.Generator().manual_seed(3))
+    cap = model.capture_pixels(pixels, layers=[], fuse=(), full_layers=(), pool=True)
+    pool = model.module.attn_pool
+    seen = {}
+    handle = pool.register_forward_pre_hook(lambda _m, args: seen.update(x=args[0].detach().double()))
+    with torch.no_grad():
+        model.forward(pixels)
+    handle.remove()
+    x, d, heads = seen["x"], pool.latent.shape[-1], pool.num_heads
+    if pool.pos_embed is not None:
+        x = x + pool.pos_embed.double()
+    q = pool.latent.double()[:, :1] @ pool.q.weight.double().T + pool.q.bias.double()
+    k = x @ pool.kv.weight.double()[:d].T + pool.kv.bias.double()[:d]
+    q = q.view(1, 1, heads, d // heads).transpose(1, 2)
+    k = k.view(2, -1, heads, d // heads).transpose(1, 2)
+    reference = torch.softmax(q @ k.transpose(-1, -2) * (d // heads) ** -0.5, dim=-1)[:, :, 0]
+    assert cap.pool.shape == (2, heads, 24)
+    torch.testing.assert_close(cap.pool.double(), reference, atol=1e-6, rtol=0)
+    result = vitprobe.attribute(model, torch.rand(32, 48, 3).numpy(), method="pool", size=(32, 48))
+    assert result.maps.shape == (1, 4, 6)

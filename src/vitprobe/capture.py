@@ -623,26 +623,44 @@ def probe_attention(mha: nn.MultiheadAttention, query: torch.Tensor, key: torch.
     return attention_probs(q, k, q.shape[-1] ** -0.5)
 
 
-class PoolingRecorder:
-    """Context manager that records an attention-pooling head's per-head probe attention (B, heads, T)
-    from the inputs of each call; with ``mha`` None it records nothing."""
+@dataclass(frozen=True)
+class PoolSite:
+    """An attention-pooling head: ``module`` and ``probe(module, args, kwargs)`` -> the attention (B, heads, T)
+    of its first learned query over the tokens it pools, from the inputs of one call (float32)."""
 
-    def __init__(self, mha: nn.MultiheadAttention | None) -> None:
-        self.mha = mha
+    module: nn.Module
+    probe: Callable[[nn.Module, tuple, dict], torch.Tensor]
+
+
+def mha_pool_site(mha: nn.MultiheadAttention) -> PoolSite:
+    """An ``nn.MultiheadAttention`` pooling head (SigLIP's): the probe is its query, the tokens its keys."""
+    if not mha.batch_first:
+        raise CaptureError("the pooling head's attention is not batch-first")
+
+    def probe(module: nn.MultiheadAttention, args: tuple, kwargs: dict) -> torch.Tensor:
+        query = args[0] if args else kwargs["query"]
+        key = args[1] if len(args) > 1 else kwargs["key"]
+        return probe_attention(module, query.detach(), key.detach())[:, :, 0]
+
+    return PoolSite(mha, probe)
+
+
+class PoolingRecorder:
+    """Context manager that records a pooling head's probe attention (B, heads, T) from the inputs of
+    each call; with ``site`` None it records nothing."""
+
+    def __init__(self, site: PoolSite | None) -> None:
+        self.site = site
         self._maps: list[torch.Tensor] = []
         self._handle: torch.utils.hooks.RemovableHandle | None = None
 
     def __enter__(self) -> PoolingRecorder:
-        if self.mha is not None:
-            if not self.mha.batch_first:
-                raise CaptureError("the pooling head's attention is not batch-first")
-            self._handle = self.mha.register_forward_pre_hook(self._hook, with_kwargs=True)
+        if self.site is not None:
+            self._handle = self.site.module.register_forward_pre_hook(self._hook, with_kwargs=True)
         return self
 
-    def _hook(self, mha: nn.MultiheadAttention, args: tuple, kwargs: dict) -> None:
-        query = args[0] if args else kwargs["query"]
-        key = args[1] if len(args) > 1 else kwargs["key"]
-        self._maps.append(probe_attention(mha, query.detach(), key.detach())[:, :, 0].cpu())
+    def _hook(self, module: nn.Module, args: tuple, kwargs: dict) -> None:
+        self._maps.append(self.site.probe(module, args, kwargs).float().cpu())
 
     def __exit__(self, *exc) -> None:
         if self._handle is not None:

@@ -24,7 +24,7 @@ class PoolAttention(Method):
     requires = ("pool",)
 
     def needs(self, ctx: Context, p: dict[str, Any]) -> Needs:
-        if ctx.model is not None and ctx.model.pool_attention is None:
+        if ctx.model is not None and ctx.model.pool is None:
             raise ValueError(f"method 'pool': {ctx.model_name} has no attention-pooling head (SigLIP has one)")
         return Needs(pool=True)
 

@@ -12,7 +12,16 @@ from PIL import Image
 from torch import nn
 from tqdm.auto import tqdm
 
-from ..capture import AttentionRecorder, AttentionSite, Capture, CaptureError, PoolingRecorder, Reducer, stack_layers
+from ..capture import (
+    AttentionRecorder,
+    AttentionSite,
+    Capture,
+    CaptureError,
+    PoolingRecorder,
+    PoolSite,
+    Reducer,
+    stack_layers,
+)
 from ..io.images import load_image
 from ..io.preprocess import PreprocessSpec, preprocess
 from ..layout import TokenLayout
@@ -38,8 +47,8 @@ class VitModel:
     returns (logits or None, per-layer probabilities (B, heads, T, T), per-layer output tokens
     (B, T, D)), all inside the autograd graph, for gradient methods; ``readout(tokens)`` takes any
     layer's tokens through the final norm, pooling and head: (embedding (B, D), logits or None).
-    Both are None where the adapter cannot. ``pool_attention`` is the attention-pooling head of a
-    model without CLS (SigLIP: a learned probe attends to every token); ``similarity(embeddings (B, D),
+    Both are None where the adapter cannot. ``pool`` is the attention-pooling head of a model
+    without CLS (SigLIP: a learned probe attends to every token); ``similarity(embeddings (B, D),
     prompts)`` gives a dual model's own image–text logits (B, P); each is None where the model has none.
     """
 
@@ -58,7 +67,7 @@ class VitModel:
     attention_forward: Callable[[torch.Tensor], tuple[torch.Tensor | None, list[torch.Tensor], list[torch.Tensor]]] \
         | None = None
     readout: Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor | None]] | None = None
-    pool_attention: nn.MultiheadAttention | None = None
+    pool: PoolSite | None = None
     similarity: Callable[[torch.Tensor, Sequence[str]], torch.Tensor] | None = None
 
     @property
@@ -169,7 +178,7 @@ class VitModel:
         layer_ids = self.resolve_layers(layers)
         full_ids = [i for i in self.resolve_layers(full_layers) if i in layer_ids] if full_layers else []
         layout = self.layout(tuple(pixels.shape[-2:]))
-        if pool and self.pool_attention is None:
+        if pool and self.pool is None:
             raise CaptureError(f"{self.name} has no attention-pooling head, so it has no pooling map")
 
         def layout_for(n_tokens: int) -> TokenLayout:
@@ -189,7 +198,7 @@ class VitModel:
                 self.sites, layout_for, layer_ids, cls=layout.has_cls, fuse=fuse,
                 full_layers=full_ids, reducers=reducers, blocks=self.blocks if token_norms else None,
             )
-            with recorder, PoolingRecorder(self.pool_attention if pool else None) as pooling, torch.no_grad():
+            with recorder, PoolingRecorder(self.pool if pool else None) as pooling, torch.no_grad():
                 out = self.forward(batch)
             recorder.finish()
             if pool:

@@ -13,7 +13,7 @@ import transformers
 from PIL import Image
 from torch import nn
 
-from ..capture import AttentionSite
+from ..capture import AttentionSite, mha_pool_site
 from ..hub import locate
 from ..io.preprocess import PreprocessSpec
 from . import huggingface
@@ -136,6 +136,7 @@ def wrap(module: nn.Module, name: str, preprocess: PreprocessSpec | None = None,
     has_head = hasattr(module, "classifier") or hasattr(module, "cls_classifier")
     patch = config.patch_size if isinstance(config.patch_size, int) else config.patch_size[0]
     sites = attention_sites(vision, config, family.in_kernel)
+    pool_head = family.pool(module)
     return VitModel(
         name=name,
         family=f"hf-{module.config.model_type}",
@@ -151,7 +152,7 @@ def wrap(module: nn.Module, name: str, preprocess: PreprocessSpec | None = None,
         attention_forward=attention_forward,
         readout=family.readout(module),
         labels={int(k): v for k, v in module.config.id2label.items()} if has_head else {},
-        pool_attention=family.pool(module),
+        pool=mha_pool_site(pool_head) if pool_head is not None else None,
         similarity=family.similarity(module, source) if family.similarity and source else None,
     )
 

@@ -22,7 +22,7 @@ import torch
 from PIL import Image
 from torch import nn
 
-from ..capture import AttentionSite, CaptureError
+from ..capture import AttentionSite, CaptureError, PoolSite, attention_probs
 from ..io.preprocess import PreprocessSpec
 from .base import UnsupportedModelError, VitModel
 
@@ -271,7 +271,28 @@ def wrap(module: nn.Module, name: str) -> VitModel:
         position_grid=position_grid(module),
         attention_forward=_attention_forward(module, head),
         readout=_readout(module, head),
+        pool=_pool_site(module),
     )
+
+
+def _pool_site(module: nn.Module) -> PoolSite | None:
+    """timm's ``attn_pool`` (``global_pool='map'``, SigLIP): a learned latent attends to every token."""
+    pool = getattr(module, "attn_pool", None)
+    if pool is None or not all(hasattr(pool, name) for name in ("latent", "q", "kv", "q_norm", "k_norm")):
+        return None
+
+    def probe(head: nn.Module, args: tuple, kwargs: dict) -> torch.Tensor:
+        """The first latent's attention (B, heads, N), as the head computes it before its softmax."""
+        x = (args[0] if args else kwargs["x"]).detach()
+        b, n, _ = x.shape
+        if head.pos_embed is not None:
+            x = x + head.pos_embed.unsqueeze(0).to(x.dtype)
+        q = head.q(head.latent.expand(b, -1, -1)).reshape(b, head.latent_len, head.num_heads, head.head_dim)
+        k = head.kv(x).reshape(b, n, 2, head.num_heads, head.head_dim).permute(2, 0, 3, 1, 4)[0]
+        q, k = head.q_norm(q.transpose(1, 2)), head.k_norm(k)
+        return attention_probs(q[:, :, :1], k, head.scale)[:, :, 0]
+
+    return PoolSite(pool, probe)
 
 
 def load_timm(spec: str) -> VitModel:
