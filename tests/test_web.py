@@ -221,9 +221,27 @@ def test_targets_naming_server_files_are_refused(handlers, tiny_dirs, photo):
     spec = str(tiny_dirs["vit"])
     state = handlers.upload(str(photo), new_state(), *controls(spec))[0]
     out = handlers.redraw(state, *controls(spec, method="legrad", target=f"image:{photo}"))
-    assert out[3] == "**Error:** the demo does not read files on the server: give a class, or 'self'"
+    assert out[3] == "**Error:** the demo does not read files on the server: give a class, 'self' or a text prompt"
     out = handlers.redraw(state, *controls(spec, method="legrad", target="self"))
     assert "its own embedding" in out[3] and out[1] is not None
+
+
+def test_a_text_prompt_is_a_target_of_a_clip_model(photo, tmp_path):
+    """The target box takes a prompt; each prompt draws its own map."""
+    pytest.importorskip("gradio")
+    from tests.test_families import FAMILIES, save_tokenizer
+    from vitprobe.web.app import DemoHandlers
+
+    torch.manual_seed(0)
+    FAMILIES["clip"][0]().save_pretrained(tmp_path / "clip")
+    save_tokenizer(tmp_path / "clip")
+    spec = str(tmp_path / "clip")
+    demo = DemoHandlers(DemoBackend((spec,), work_dir=tmp_path / "web"))
+    state = demo.upload(str(photo), new_state(), *controls(spec, method="legrad", layer=1))[0]
+    cat = demo.redraw(state, *controls(spec, method="legrad", layer=1, target="a photo of a cat"))
+    car = demo.redraw(state, *controls(spec, method="legrad", layer=1, target="the car"))
+    assert 'the prompt "a photo of a cat"' in cat[3] and 'the prompt "the car"' in car[3]
+    assert not np.array_equal(np.asarray(cat[1]), np.asarray(car[1]))
 
 
 def test_unexpected_failure_shows_no_traceback(handlers, tiny_dirs, monkeypatch):

@@ -53,7 +53,8 @@ from .analysis.entropy import RowEntropy, SpreadLevels, map_entropy
 from .analysis.maps import cls_maps
 from .analysis.rollout import rollout
 from .analysis.tokens import ArtifactCounts, artifact_counts
-from .io.images import ImageLoadError, list_images, load_image, printable
+from .io.datasets import MemberError, is_dataset, list_dataset
+from .io.images import IMAGE_SUFFIXES, ImageLoadError, list_images, load_image, printable
 from .io.preprocess import PreprocessSpec, preprocess
 from .io.store import (
     RECORD_COLUMNS,
@@ -159,11 +160,17 @@ def barrier(ranks: Ranks) -> None:
 
 
 def read_image_list(source: Path) -> list[Path]:
-    """A folder (searched recursively, sorted) or a text file with one image path per line.
+    """A folder (searched recursively, sorted), a text file with one image path per line, or dataset
+    containers (``io.datasets``: tar shards, a ``{a..b}`` range of them, Parquet, a ``save_to_disk`` folder).
 
     In a list file, blank lines and lines starting with ``#`` are skipped and relative paths are
     taken relative to the list file's folder.
     """
+    if is_dataset(source):
+        try:
+            return list_dataset(source, IMAGE_SUFFIXES)
+        except (MemberError, FileNotFoundError, ValueError) as err:
+            raise ImageLoadError(source, str(err).removeprefix(f"{source}: ")) from None
     source = Path(source)
     if source.is_dir():
         return list_images([source])

@@ -9,13 +9,17 @@ import typer
 
 from ..cli_common import ModelOpt, check_model_spec, fail, load_model
 
+SOURCE_HELP = ("folder of images (recursive), text file with one path a line, tar shards "
+               "('dir/shard-{000000..000099}.tar', quoted), a Parquet file with an image column or a "
+               "Hugging Face save_to_disk folder")
+
 
 def register(app: typer.Typer) -> None:
     """Add the ``analyze`` command to the CLI app."""
 
     @app.command()
     def analyze(
-        source: Annotated[Path, typer.Argument(help="folder of images (recursive) or text file with one path a line")],
+        source: Annotated[Path, typer.Argument(help=SOURCE_HELP)],
         model: ModelOpt = "offline",
         out: Annotated[Path, typer.Option("--out", "-o", help="output directory")] = Path("vitprobe_analysis"),
         batch_size: Annotated[int, typer.Option(help="images per forward pass")] = 16,

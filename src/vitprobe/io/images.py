@@ -26,6 +26,7 @@ Policy of :func:`load_image`:
 
 from __future__ import annotations
 
+import io
 import re
 import stat
 import warnings
@@ -34,6 +35,8 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
+
+from .datasets import MemberError, container_of, read_member
 
 MAX_PIXELS: int = 89_478_485
 """Default pixel limit: Pillow's decompression-bomb warning threshold (``int(1024**3 / 4 / 3)``)."""
@@ -106,7 +109,20 @@ def list_images(paths: Iterable[str | Path]) -> list[Path]:
 
 
 def _open(path: Path) -> Image.Image:
-    """Open ``path`` lazily (header only), turning every reason it is no image into ImageLoadError."""
+    """Open ``path`` lazily (header only), turning every reason it is no image into ImageLoadError; a path
+    inside a tar shard or a table (``io.datasets``) is read from there."""
+    inside = container_of(path)
+    if inside is not None:
+        try:
+            data = read_member(*inside)
+        except MemberError as exc:
+            raise ImageLoadError(path, str(exc)) from None
+        except OSError as exc:
+            raise ImageLoadError(path, f"cannot read ({exc.strerror or exc})") from None
+        try:
+            return Image.open(io.BytesIO(data))
+        except UnidentifiedImageError:
+            raise ImageLoadError(path, "not an image file") from None
     try:
         info = path.stat()
     except FileNotFoundError:

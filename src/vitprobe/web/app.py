@@ -351,7 +351,7 @@ def params_of(method: str, values: dict[str, Any]) -> dict[str, Any]:
     for param in vp.get_method(method).params:
         value = values.get(param.name)
         if param.kind == "target" and str(value or "").strip().startswith("image:"):
-            raise DemoError("the demo does not read files on the server: give a class, or 'self'")
+            raise DemoError("the demo does not read files on the server: give a class, 'self' or a text prompt")
         out[param.name] = param.parse("" if value is None else str(int(value) if param.kind == "layer" else value))
     return out
 
@@ -571,7 +571,7 @@ def _param_control(gr, param: vp.Param, model: vp.VitModel, visible: bool):
     if param.kind in ("int", "float"):
         return gr.Number(value=param.default, **common)
     hint = {"patch": "row,col (empty: the grid centre; click the overlay)", "point": "x,y in pixels of the photo",
-            "target": "index, label or self (empty: top class, or self)"}
+            "target": "index, label, self, or a text prompt for CLIP-like models (empty: top class, or self)"}
     return gr.Textbox(value="" if param.default is None else str(param.default),
                       placeholder=hint.get(param.kind, ""), **common)
 
