@@ -125,3 +125,25 @@ def test_analysis_equals_the_folder_of_the_same_images(tiny_dirs, sources, tmp_p
         assert len(lines) == 2 and "shard-000001.tar/999999.jpg" in lines[1]
         again = run_analysis(model, items, tmp_path / kind, opts)  # resumed: nothing left to compute
         assert again["metrics"] == aggregates["metrics"]
+
+
+def test_large_jpegs_are_decoded_at_the_scale_the_model_needs(tmp_path):
+    """Draft mode: a 2000×1500 JPEG for a short side of 448 decodes at 1/2 scale, both sides ≥ 448."""
+    from vitprobe.io.preprocess import PreprocessSpec, preprocess
+    from vitprobe.runner import _BatchLoader
+
+    g = np.random.default_rng(0)
+    photo = Image.fromarray((g.random((150, 200, 3)) * 255).astype("uint8")).resize((2000, 1500))
+    photo.save(tmp_path / "big.jpg", quality=90)
+    photo.save(tmp_path / "big.png")
+    spec = PreprocessSpec(mean=(0.5,) * 3, std=(0.5,) * 3, shortest_edge=448, resize_hw=None, crop_hw=(448, 448))
+    assert spec.decode_side() == 448
+    assert load_image(tmp_path / "big.jpg", draft_side=448).size == (1000, 750)
+    assert load_image(tmp_path / "big.jpg", draft_side=800).size == (2000, 1500)  # 1/2 would be too small
+    assert load_image(tmp_path / "big.png", draft_side=448).size == (2000, 1500)  # only JPEG has a draft mode
+    full = preprocess(load_image(tmp_path / "big.jpg"), spec, 14)[0]
+    _, loaded, failures = _BatchLoader([(0, [(0, tmp_path / "big.jpg")])], spec, 14)[0]
+    assert failures == [] and loaded[0][1].shape == full.shape == (3, 448, 448)
+    torch_draft = preprocess(load_image(tmp_path / "big.jpg", draft_side=448), spec, 14)[0]
+    assert (loaded[0][1] - torch_draft).abs().max() == 0  # the run's loader decodes in draft mode
+    assert (loaded[0][1] - full).abs().mean() < 0.02  # and sees nearly the same pixels

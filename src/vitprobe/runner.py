@@ -199,7 +199,7 @@ class _BatchLoader(Dataset):
         loaded, failures = [], []
         for image_index, path in members:
             try:
-                pixels, _, _ = preprocess(load_image(path), self.spec, self.patch)
+                pixels, _, _ = preprocess(load_image(path, draft_side=self.spec.decode_side()), self.spec, self.patch)
                 loaded.append((image_index, pixels))
             except ImageLoadError as err:
                 failures.append((printable(path), err.reason))

@@ -35,6 +35,14 @@ class PreprocessSpec:
         """Same normalisation, but the whole image resized to exactly (H, W), no crop."""
         return PreprocessSpec(self.mean, self.std, None, tuple(size_hw), None, self.resample)
 
+    def decode_side(self) -> int | None:
+        """The side of the smallest square a JPEG decoder may scale an image down to (draft mode) and still
+        hand the resize at least the pixels it keeps: the short side for ``shortest_edge``, the longer
+        target side for ``resize_hw``; None (decode in full) when the image keeps its own size."""
+        if self.shortest_edge is not None:
+            return self.shortest_edge
+        return max(self.resize_hw) if self.resize_hw is not None else None
+
     def describe(self) -> str:
         """The resize and crop in a few words, e.g. "short side 448, centre crop 448x448"."""
         if self.shortest_edge is not None:
