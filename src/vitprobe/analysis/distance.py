@@ -100,7 +100,8 @@ class MeanDistance(RowReducer):
         d = self._d[block.rows]  # (r, T)
         if self.renormalize:
             patch_mass = block.probs[..., self._layout.n_prefix :].sum(dim=-1)
-            per_row = torch.linalg.vecdot(block.probs, d) / patch_mass.clamp_min(torch.finfo(torch.float32).tiny)
+            tiny = torch.finfo(torch.float32).tiny
+            per_row = torch.einsum("bhrt,rt->bhr", block.probs, d) / patch_mass.clamp_min(tiny)
             self._rows[block.images, :, block.rows] = per_row
         else:  # one float32 dot of T terms per row, the rows summed in float64: exact to ~1e-7 at any T
             per_row = torch.einsum("bhrt,rt->bhr", block.probs, d)  # a batched matmul: 4× faster than vecdot
