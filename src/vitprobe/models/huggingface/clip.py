@@ -136,29 +136,29 @@ def _none(_config) -> tuple[str, ...]:
     return ()
 
 
+_CLIP_LIKE = dict(prefix_names=_cls, vision=_tower, run=_run_tower, patch_weight=_conv_weight,
+                  position_grid=_cls_position_grid, readout=_clip_readout, similarity=_similarity)
+_SIGLIP_LIKE = dict(tokens="none", prefix_names=_none, vision=_tower, position_grid=_patch_position_grid,
+                    readout=_siglip_readout, pool=_pool, similarity=_similarity)
+
 register_hf_family(HfFamily(
     title="CLIP", model_types=("clip", "clip_vision_model"),
     classes=("CLIPModel", "CLIPVisionModel", "CLIPVisionModelWithProjection"),
-    checkpoint="openai/clip-vit-base-patch16", prefix_names=_cls, vision=_tower, run=_run_tower,
-    patch_weight=_conv_weight, position_grid=_cls_position_grid, readout=_clip_readout, similarity=_similarity,
-    gives="CLS maps, rollout; gradient methods for text prompts",
+    checkpoint="openai/clip-vit-base-patch16", gives="CLS maps, rollout; gradient methods for text prompts",
+    **_CLIP_LIKE,
 ))
 register_hf_family(HfFamily(
     title="MetaCLIP 2", model_types=("metaclip_2", "metaclip_2_vision_model"),
     classes=("MetaClip2Model", "MetaClip2VisionModel", "MetaClip2VisionModelWithProjection"),
-    checkpoint="facebook/metaclip-2-worldwide-huge-quickgelu", prefix_names=_cls, vision=_tower, run=_run_tower,
-    patch_weight=_conv_weight, position_grid=_cls_position_grid, readout=_clip_readout, similarity=_similarity,
-    gives="as CLIP, multilingual prompts",
+    checkpoint="facebook/metaclip-2-worldwide-huge-quickgelu", gives="as CLIP, multilingual prompts", **_CLIP_LIKE,
 ))
 register_hf_family(HfFamily(
     title="SigLIP", model_types=("siglip", "siglip_vision_model"), classes=("SiglipModel", "SiglipVisionModel"),
-    checkpoint="google/siglip-base-patch16-224", tokens="none", prefix_names=_none, vision=_tower, run=_run_tower,
-    patch_weight=_conv_weight, position_grid=_patch_position_grid, readout=_siglip_readout, pool=_pool,
-    similarity=_similarity, gives="no CLS: the pool map, query-patch maps; text prompts",
+    checkpoint="google/siglip-base-patch16-224", run=_run_tower, patch_weight=_conv_weight,
+    gives="no CLS: the pool map, query-patch maps; text prompts", **_SIGLIP_LIKE,
 ))
 register_hf_family(HfFamily(
     title="SigLIP 2", model_types=("siglip2", "siglip2_vision_model"), classes=("Siglip2Model", "Siglip2VisionModel"),
-    checkpoint="google/siglip2-base-patch16-naflex", tokens="none", prefix_names=_none, vision=_tower, run=_run_naflex,
-    patch_weight=_linear_patch_weight, position_grid=_patch_position_grid, readout=_siglip_readout, pool=_pool,
-    similarity=_similarity, gives="as SigLIP, at the image's own aspect ratio (NaFlex)",
+    checkpoint="google/siglip2-base-patch16-naflex", run=_run_naflex, patch_weight=_linear_patch_weight,
+    gives="as SigLIP; NaFlex input at any grid (size=(H, W))", **_SIGLIP_LIKE,
 ))
