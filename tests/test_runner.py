@@ -23,6 +23,7 @@ from vitprobe.analysis.entropy import cls_entropy, map_entropy, rows_entropy, sp
 from vitprobe.analysis.maps import cls_maps
 from vitprobe.analysis.tokens import norm_outliers
 from vitprobe.cli import app
+from vitprobe.io.images import load_image
 from vitprobe.io.samples import write_samples
 from vitprobe.io.store import RunStore
 from vitprobe.models.hf import load_hf
@@ -87,9 +88,11 @@ def test_records_equal_the_definitions_on_full_attention(tiny_dirs, photo_dir, t
     assert any("img05_broken.jpg" in f and "truncated" in f.lower() for f in failures)
     assert any("notes.png" in f and "not an image file" in f for f in failures)
 
-    # one image, recomputed from its full attention with the definitions (not the streamed reducers)
+    # one image, recomputed from its full attention with the definitions (not the streamed reducers),
+    # decoded as the run decodes it (a JPEG at the scale the model needs)
     path = images[7]
-    cap = model.capture(path, fuse=(), full_layers=list(range(layers)), token_norms=True)
+    decoded = load_image(path, draft_side=model.preprocess.decode_side())
+    cap = model.capture(decoded, fuse=(), full_layers=list(range(layers)), token_norms=True)
     mine = [r for r in rows if r["image"] == str(path)]
 
     def values(metric: str) -> np.ndarray:
