@@ -61,19 +61,39 @@ def test_a_second_run_into_the_same_folder_is_refused_naming_the_holder(tiny_dir
     assert analyze(tiny_dirs["vit"], images, out, "--no-report").returncode == 0  # released: the folder is free
 
 
-def test_two_runs_started_together_one_finishes_the_other_is_refused(tiny_dirs, images, tmp_path):
+def test_a_run_started_while_another_holds_the_folder_is_refused_and_the_first_finishes(tiny_dirs, tmp_path):
+    """Two real runs into one folder, made to overlap for certain: the first is frozen (SIGSTOP) once its lock
+    note is written, the second starts then and is refused in one line, the first then finishes whole."""
+    folder = tmp_path / "many"
+    folder.mkdir()
+    rng = np.random.default_rng(1)
+    for i in range(60):  # enough work that the first run holds the lock for a while
+        Image.fromarray(rng.integers(0, 255, (40, 48, 3), dtype=np.uint8)).save(folder / f"im{i:02d}.png")
     out = tmp_path / "run"
-    cmd = [sys.executable, "-m", "vitprobe", "analyze", str(images), "--model", str(tiny_dirs["vit"]), "--out",
-           str(out), "--batch-size", "3", "--no-progress", "--no-report"]
-    procs = [subprocess.Popen(cmd, stderr=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=single_thread_env())
-             for _ in range(2)]
-    done = [(p.wait(timeout=300), p.stderr.read()) for p in procs]
-    codes = sorted(code for code, _ in done)
-    assert codes == [0, 2], done
-    refused = next(err for code, err in done if code == 2)
-    assert "Traceback" not in refused and "is in use by another run" in refused
+    cmd = [sys.executable, "-m", "vitprobe", "analyze", str(folder), "--model", str(tiny_dirs["vit"]), "--out",
+           str(out), "--batch-size", "1", "--no-progress", "--no-report"]
+    first = subprocess.Popen(cmd, stderr=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=single_thread_env())
+    try:
+        deadline = time.monotonic() + 240
+        while time.monotonic() < deadline and first.poll() is None:
+            note = out / ".lock.json"
+            try:
+                if json.loads(note.read_text())["pid"] == first.pid:
+                    break
+            except (OSError, ValueError, KeyError):
+                pass
+            time.sleep(0.002)
+        assert first.poll() is None, "the first run ended before its lock was seen"
+        first.send_signal(signal.SIGSTOP)
+        second = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=single_thread_env())
+    finally:
+        first.send_signal(signal.SIGCONT)
+    assert second.returncode == 2 and "Traceback" not in second.stderr
+    (line,) = errors(second)
+    assert "is in use by another run" in line and f"(pid {first.pid} on" in line
+    assert first.wait(timeout=300) == 0, first.stderr.read()
     records, aggregates, _ = read_outputs(out)
-    assert aggregates["images"]["analysed"] == 12
+    assert aggregates["images"]["analysed"] == 60
 
 
 def test_a_lock_left_by_a_killed_run_is_taken_over(tiny_dirs, images, tmp_path):

@@ -184,12 +184,21 @@ def is_unchanged(value) -> bool:
     return isinstance(value, dict) and value.get("__type__") == "update" and len(value) == 1
 
 
-def test_upload_handler_removes_gradios_copy_and_draws(handlers, tiny_dirs, photo, tmp_path, monkeypatch):
+def test_upload_handler_draws_and_removes_gradios_copy_once_unused(handlers, tiny_dirs, photo, tmp_path,
+                                                                    monkeypatch):
     monkeypatch.setenv("GRADIO_TEMP_DIR", str(tmp_path / "gradio"))
+    monkeypatch.setattr(handlers, "copy_ttl_s", 600.0)
     copy = tmp_path / "gradio" / "3f2a" / photo.name  # where gradio puts an upload: <hash>/<client name>
     copy.parent.mkdir(parents=True)
     shutil.copy(photo, copy)
     state, overlay, figure, status, files = handlers.upload(str(copy), new_state(), *controls(str(tiny_dirs["vit"])))
+    assert copy.exists()  # another client's queued request may name the same content-named copy
+    monkeypatch.setattr(handlers, "copy_ttl_s", 0.2)
+    assert "CLS attention" in handlers.upload(str(copy), new_state(), *controls(str(tiny_dirs["vit"])))[3]
+    for _ in range(200):  # then, unused for copy_ttl_s, the copy and its folder go (a bounded wait)
+        if not copy.parent.exists():
+            break
+        time.sleep(0.05)
     assert not copy.parent.exists()
     assert state["image"].startswith("upload:") and state["shown"] == [451, 300, 4, 4]
     assert isinstance(overlay, Image.Image) and isinstance(figure, Image.Image)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import signal
 import tempfile
+import threading
 import time
 from pathlib import Path
 from typing import Annotated
@@ -37,20 +38,23 @@ def register(app: typer.Typer) -> None:
         if listen_all:
             typer.echo("vitprobe: warning: --listen-all serves the demo on every network interface; anyone who "
                        "can reach this machine can upload images and run the models", err=True)
-        # from here on a plain kill stops the server like Ctrl-C, so the uploads are removed even when it comes
-        # while the server is still starting
-        previous = signal.signal(signal.SIGTERM, _interrupt)
+        # from here on a plain kill stops the server as cleanly as Ctrl-C, also while it is still starting: the
+        # request is noted and acted on between steps (an exception raised at an arbitrary point of the model
+        # load or of gradio's start could leave threads or the exit status behind)
+        stop = threading.Event()
+        previous = signal.signal(signal.SIGTERM, lambda _signum, _frame: stop.set())
         try:
-            _run_demo(specs, host, port, max_upload_mb, max_megapixels, device)
+            _run_demo(specs, host, port, max_upload_mb, max_megapixels, device, stop)
         except KeyboardInterrupt:
-            typer.echo("vitprobe: demo stopped")
+            pass
         finally:
             signal.signal(signal.SIGTERM, previous)
+        typer.echo("vitprobe: demo stopped")
 
 
 def _run_demo(specs: list[str], host: str, port: int, max_upload_mb: float, max_megapixels: float,
-              device: str | None) -> None:
-    """Build and serve the demo until interrupted; its temporary files go with it."""
+              device: str | None, stop: threading.Event) -> None:
+    """Build and serve the demo until ``stop`` is set or Ctrl-C; its temporary files go with it."""
     with tempfile.TemporaryDirectory(prefix="vitprobe-serve-") as tmp:
         # gradio keeps its upload copies and served files here; all of it goes when the server stops
         os.environ["GRADIO_TEMP_DIR"] = str(Path(tmp) / "gradio")
@@ -65,6 +69,8 @@ def _run_demo(specs: list[str], host: str, port: int, max_upload_mb: float, max_
                               max_pixels=int(max_megapixels * 1e6), device=device)
         except (ImportError, DemoError) as err:
             raise fail(str(err)) from None
+        if stop.is_set():
+            return
         try:
             _, url, _ = demo.launch(server_name=host, server_port=port, share=False, max_file_size=max_bytes,
                                     show_error=False, prevent_thread_lock=True, quiet=True)
@@ -72,11 +78,7 @@ def _run_demo(specs: list[str], host: str, port: int, max_upload_mb: float, max_
             raise fail(f"cannot serve on {host}:{port}: {str(err).splitlines()[0]}") from None
         try:
             typer.echo(f"vitprobe: demo on {url} offering {', '.join(specs)}; Ctrl-C stops it")
-            while demo.is_running:
+            while demo.is_running and not stop.is_set():
                 time.sleep(0.1)
         finally:
             demo.close()
-
-
-def _interrupt(_signum: int, _frame: object) -> None:
-    raise KeyboardInterrupt

@@ -14,6 +14,7 @@ PNG under a generated name; gradio's own temporary copy is deleted at once. Mode
 only from the allow-list, through ``vp.load`` (which never enables ``trust_remote_code``).
 """
 
+import contextlib
 import io
 import logging
 import tempfile
@@ -367,7 +368,11 @@ class DemoHandlers:
         self.wait_s = wait_s
         self._gate = threading.BoundedSemaphore(1)  # one drawing at a time; the others wait, then hear "busy"
         self._copies: dict[Path, int] = {}  # gradio's upload file -> requests that still need it
+        self._expiring: dict[Path, threading.Timer] = {}  # unused copies and the timers that remove them
         self._copies_lock = threading.Lock()
+        # gradio names its upload copies by their content, so a client uploading the same photo may still wait in
+        # the queue for one: a copy goes once no request has used it for longer than the queue can hold one
+        self.copy_ttl_s = max(60.0, 2 * QUEUE_SIZE / WORKERS * wait_s)
         self._gr = import_gradio()
 
     def _attempt(self, action: Callable[[], Any]) -> tuple[Any, str | None]:
@@ -388,16 +393,11 @@ class DemoHandlers:
         if not path:
             return self._unchanged(state, NO_IMAGE)
         copy = Path(path).resolve()
-        with self._copies_lock:  # gradio names its copy by the content: two sessions may share one
-            self._copies[copy] = self._copies.get(copy, 0) + 1
+        self._use_copy(copy)
         try:
             key, failure = self._attempt(lambda: self.backend.store_upload(path))
         finally:
-            with self._copies_lock:
-                self._copies[copy] -= 1
-                if not self._copies[copy]:
-                    del self._copies[copy]
-                    self._delete_gradio_copy(path)
+            self._release_copy(copy)
         if failure:
             return self._unchanged(state, failure)
         self.backend.discard(state.get("image"))  # a session keeps one upload: the one it shows
@@ -516,14 +516,42 @@ class DemoHandlers:
         update = self._gr.update
         return state, update(), update(), status, update()
 
-    def _delete_gradio_copy(self, path: str) -> None:
+    def _use_copy(self, copy: Path) -> None:
+        """One more request needs gradio's upload ``copy`` (two sessions may share one): keep it."""
+        with self._copies_lock:
+            self._copies[copy] = self._copies.get(copy, 0) + 1
+            timer = self._expiring.pop(copy, None)
+        if timer is not None:
+            timer.cancel()
+
+    def _release_copy(self, copy: Path) -> None:
+        """A request is done with ``copy``: the last one starts its removal timer (``copy_ttl_s``); gradio removes
+        whatever is left when the server stops."""
+        with self._copies_lock:
+            self._copies[copy] -= 1
+            if self._copies[copy]:
+                return
+            del self._copies[copy]
+            timer = threading.Timer(self.copy_ttl_s, self._expire_copy, (copy,))
+            timer.daemon = True
+            self._expiring[copy] = timer
+        timer.start()
+
+    def _expire_copy(self, copy: Path) -> None:
+        with self._copies_lock:
+            if self._expiring.get(copy) is not threading.current_thread():
+                return  # in use again, or a later timer has it
+            del self._expiring[copy]
+            self._delete_gradio_copy(copy)
+
+    def _delete_gradio_copy(self, target: Path) -> None:
         """Remove the file gradio stored under the client's file name (only inside gradio's upload folder)."""
         folder = Path(self._gr.utils.get_upload_folder()).resolve()
-        target = Path(path).resolve()
         if folder in target.parents:
             target.unlink(missing_ok=True)
             if target.parent != folder and not any(target.parent.iterdir()):
-                target.parent.rmdir()
+                with contextlib.suppress(OSError):  # gradio may be storing another upload there right now
+                    target.parent.rmdir()
 
 
 def _attempt(action: Callable[[], Any]) -> tuple[Any, str | None]:
