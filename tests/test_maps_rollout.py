@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from vitprobe.analysis.maps import aggregate_layers, cls_maps, fuse_heads, query_map, to_grid
-from vitprobe.analysis.rollout import add_residual, discard_lowest, rollout, rollout_rows
+from vitprobe.analysis.rollout import add_residual, discard_lowest, rollout, rollout_rows, rollout_rows_by_depth
 from vitprobe.analysis.upsample import upsample_map
 from vitprobe.layout import TokenLayout
 
@@ -51,6 +51,18 @@ def test_rollout_matches_float64_reference(discard_ratio):
     grid = rollout(fused, LAYOUT, discard_ratio)
     assert grid.shape == (2, 3, 4)
     assert torch.allclose(grid.flatten(1), torch.from_numpy(ours[:, 2:]).float(), atol=1e-6)
+
+
+@pytest.mark.parametrize("discard_ratio", [0.0, 0.5])
+def test_rollout_of_every_depth_matches_float64_reference(discard_ratio):
+    fused = random_attention(5, 2, seed=4)
+    ours = rollout_rows_by_depth(fused, LAYOUT, discard_ratio)
+    assert ours.shape == (5, 2, LAYOUT.n_tokens)
+    for depth in range(5):
+        ref = reference_rollout(fused[: depth + 1].numpy(), LAYOUT.cls_index, discard_ratio)
+        np.testing.assert_allclose(ours[depth].double().numpy(), ref, atol=1e-6)
+    np.testing.assert_allclose(ours.double().sum(-1).numpy(), 1.0, atol=1e-5)
+    assert not torch.allclose(ours[0], ours[-1], atol=1e-3)  # the depths differ: each was rolled out on its own
 
 
 def test_rollout_renormalises_rows_not_columns():

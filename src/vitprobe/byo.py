@@ -76,13 +76,13 @@ def _grid(n_patches: int, grid_hw: tuple[int, int] | None) -> tuple[int, int]:
 
 
 def _single_block(attn: torch.Tensor) -> AttentionBlock:
-    """The whole (B, heads, T, T) as one block: shifted = log p − log max p (zeros as the smallest log)."""
+    """The whole (B, heads, T, T) as one block, log p as its scores (zeros as the smallest log), so that
+    shifted = log p − log max p; log_z from the row sums, which need not be exactly 1."""
     tiny = torch.finfo(torch.float32).tiny
     log_p = attn.clamp_min(tiny).log()
-    log_max = log_p.amax(dim=-1, keepdim=True)
-    log_z = attn.sum(dim=-1).clamp_min(tiny).log() - log_max[..., 0]
+    log_z = attn.sum(dim=-1).clamp_min(tiny).log() - log_p.amax(dim=-1)
     batch, _, t, _ = attn.shape
-    return AttentionBlock(slice(0, batch), slice(0, t), attn, log_p - log_max, log_z)
+    return AttentionBlock(slice(0, batch), slice(0, t), attn, log_p, log_z)
 
 
 def from_attentions(

@@ -188,20 +188,38 @@ def additive_mask(mask: torch.Tensor | None) -> torch.Tensor | None:
     return mask.float()
 
 
-@dataclass
 class AttentionBlock:
     """Query rows ``rows`` of images ``images`` of one layer's attention, all heads, in float32.
 
-    ``probs`` (b, heads, r, T) are softmax rows; ``shifted`` (b, heads, r, T) the scaled scores
-    minus their row maximum; ``log_z`` (b, heads, r) is log Σ exp(shifted), so a row's entropy is
-    ``log_z − Σ probs·shifted``. The buffers are reused: a block is valid until the next one.
+    ``probs`` (b, heads, r, T) are softmax rows of ``scores`` (b, heads, r, T). Computed on first use,
+    so a capture pays only for what its reducers read: ``shifted``, the scores minus their row maximum
+    (in place, in the scores' buffer), and ``log_z`` (b, heads, r), log Σ exp(shifted), so a row's
+    entropy is ``log_z − Σ probs·shifted``. ``memo`` holds what one reducer computed for others of the
+    same block. The buffers are reused: a block is valid until the next one.
     """
 
-    images: slice
-    rows: slice
-    probs: torch.Tensor
-    shifted: torch.Tensor
-    log_z: torch.Tensor
+    def __init__(self, images: slice, rows: slice, probs: torch.Tensor, scores: torch.Tensor,
+                 log_z: torch.Tensor | None = None) -> None:
+        self.images = images
+        self.rows = rows
+        self.probs = probs
+        self._scores = scores
+        self._is_shifted = False
+        self._log_z = log_z
+        self.memo: dict = {}
+
+    @property
+    def shifted(self) -> torch.Tensor:
+        if not self._is_shifted:
+            self._scores.sub_(self._scores.amax(dim=-1, keepdim=True))
+            self._is_shifted = True
+        return self._scores
+
+    @property
+    def log_z(self) -> torch.Tensor:
+        if self._log_z is None:
+            self._log_z = self.probs.amax(dim=-1).log_().neg_()  # the largest probability is exp(0) / z
+        return self._log_z
 
 
 class RowReducer(ABC):
@@ -323,9 +341,7 @@ def for_each_block(
             if bias is not None:
                 s.add_(bias[images, :, rows])
             p = torch.softmax(s, dim=-1, out=probs[:size].view(shape))  # one fused pass per row
-            s.sub_(s.amax(dim=-1, keepdim=True))
-            log_z = p.amax(dim=-1).log_().neg_()  # the largest probability is exp(0) / z
-            consume(AttentionBlock(images, rows, p, s, log_z))
+            consume(AttentionBlock(images, rows, p, s))
             if v is not None:
                 output[images, :, rows] = torch.matmul(p, v[images])
 

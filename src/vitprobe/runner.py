@@ -50,8 +50,8 @@ from tqdm.auto import tqdm
 from .analysis.accumulate import Accumulator, Moments
 from .analysis.distance import MeanDistance, distance_bound, uniform_distance
 from .analysis.entropy import RowEntropy, SpreadLevels, map_entropy
-from .analysis.maps import cls_maps
-from .analysis.rollout import rollout
+from .analysis.maps import cls_maps, to_grid
+from .analysis.rollout import rollout_rows_by_depth
 from .analysis.tokens import ArtifactCounts, artifact_counts
 from .io.datasets import MemberError, is_dataset, list_dataset
 from .io.images import IMAGE_SUFFIXES, ImageLoadError, list_images, load_image, printable
@@ -274,7 +274,7 @@ def probe_pixels(model: VitModel, pixels: torch.Tensor, opts: AnalyzeOptions) ->
         head_mean = cls_maps(cap.cls, layout).mean(dim=2)  # (L, B, H, W)
         metrics["entropy_cls_map"] = map_entropy(head_mean).double()
         fused = cap.fused.pop("mean")
-        depths = torch.stack([rollout(fused[: depth + 1], layout) for depth in range(len(fused))])  # (L, B, H, W)
+        depths = to_grid(rollout_rows_by_depth(fused, layout), layout)  # (L, B, H, W)
         metrics["entropy_rollout_map"] = map_entropy(depths).double()
     counts = artifact_counts(cap.token_norms, layout, head_mean, opts.outlier_ratio, opts.peak_ratio)
     n = layout.n_patches

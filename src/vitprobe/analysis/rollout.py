@@ -55,6 +55,25 @@ def rollout_rows(
     return row
 
 
+def rollout_rows_by_depth(fused: torch.Tensor, layout: TokenLayout, discard_ratio: float = 0.0) -> torch.Tensor:
+    """``rollout_rows`` of every depth at once: fused (L, B, T, T) -> (L, B, T), entry d the CLS row of
+    Â_d ⋯ Â_1 (layers 0..d), in float32.
+
+    Going from the top layer down, layer l multiplies the rows of every depth d ≥ l together, one
+    (B, depths, T) × (B, T, T) product, so each layer's matrix is read once (O(L·T²) reads rather than
+    the L²/2 of one rollout per depth).
+    """
+    cls = layout.cls_index
+    n_layers, batch, t, _ = fused.shape
+    rows = torch.zeros(batch, n_layers, t, dtype=torch.float32, device=fused.device)
+    for layer in reversed(range(n_layers)):
+        rows[:, layer, cls] = 1.0  # depth ``layer`` starts at its own top layer
+        a = discard_lowest(fused[layer].float(), discard_ratio, cls)
+        w = rows[:, layer:] / (0.5 * a.sum(dim=-1) + 0.5)[:, None]
+        rows[:, layer:] = 0.5 * (torch.bmm(w, a) + w)
+    return rows.transpose(0, 1)
+
+
 def rollout(fused: torch.Tensor, layout: TokenLayout, discard_ratio: float = 0.0) -> torch.Tensor:
     """Rollout map on the patch grid: fused (L, B, T, T) -> (B, H, W) (patch part, not renormalised)."""
     return to_grid(rollout_rows(fused, layout, discard_ratio), layout)
