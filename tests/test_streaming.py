@@ -81,6 +81,7 @@ def collect_blocks(q, k, scale) -> list[AttentionBlock]:
 def small_blocks(monkeypatch):
     """Blocks of 3 query rows of one image (T = 14 gives a short last block)."""
     monkeypatch.setitem(capture._BLOCK_BYTES, "cpu", 3 * 3 * LAYOUT.n_tokens * 4)
+    monkeypatch.setattr(capture, "_MIN_BLOCK_ROWS", 1)
 
 
 def test_blocks_cover_every_row_once_and_equal_softmax(small_blocks):
@@ -134,14 +135,16 @@ def test_workers_leave_new_threads_their_default_thread_count():
 
 def test_block_shape_budget():
     cpu = torch.device("cpu")
-    assert block_shape(8, 6, 1370, cpu) == (1, (2 << 20) // (6 * 1370 * 4))  # DINOv2-S/14 @ 518: 63 rows
+    assert block_shape(8, 6, 1370, cpu) == (1, 64)  # DINOv2-S/14 @ 518: the 63 rows of 2 MiB, raised to 64
     assert block_shape(8, 12, 197, cpu) == (1, 197)  # ViT-B/16 @ 224: one image per block
     assert block_shape(8, 4, 17, cpu) == (8, 17)  # tiny: the whole batch at once
+    assert block_shape(1, 6, 5330, cpu) == (1, 64)  # DINOv2-S/14 @ 1022: 16 rows would fit 2 MiB; 64 are kept
 
 
 @pytest.mark.parametrize("kind", ["vit", "dinov2_with_registers"])
 def test_streamed_capture_equals_eager_in_small_blocks(tiny_dirs, kind, monkeypatch):
     monkeypatch.setitem(capture._BLOCK_BYTES, "cpu", 4 * 5 * 4 * 4 * 4)  # 1 image, 3 or 4 query rows
+    monkeypatch.setattr(capture, "_MIN_BLOCK_ROWS", 1)
     model = load_hf(str(tiny_dirs[kind]))
     pixels = torch.randn(3, 3, 32, 32)
     cap = model.capture_pixels(pixels, full_layers=[0, 2], fuse=("mean", "max"),
