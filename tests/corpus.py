@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import re
 import struct
 import zlib
 from pathlib import Path
@@ -91,11 +92,17 @@ def make_bad_corpus(directory: Path) -> dict[str, str | None]:
     return dict(EXPECTED_REASONS)
 
 
+def as_shown(line: str) -> str:
+    """A line as a terminal shows it: cursor moves dropped, only what follows the last carriage return (a
+    progress bar that another bar of the same process moves out of the way leaves both in the line)."""
+    return re.sub(r"\x1b\[[0-9;]*[A-Za-z]", "", line).rsplit("\r", 1)[-1]
+
+
 def assert_one_line_per_bad_file(stderr: str, expected: dict[str, str | None]) -> list[str]:
     """Check stderr holds no traceback and exactly one error line per bad file, naming the file and
     its problem; return the names of the good files."""
     assert "Traceback" not in stderr
-    errors = [line for line in stderr.splitlines() if line.startswith("vitprobe: error:")]
+    errors = [line for line in map(as_shown, stderr.splitlines()) if line.startswith("vitprobe: error:")]
     bad = {name: reason for name, reason in expected.items() if reason is not None}
     assert len(errors) == len(bad)
     for name, reason in bad.items():

@@ -12,7 +12,7 @@ import pytest
 from PIL import Image
 from typer.testing import CliRunner
 
-from tests.corpus import assert_one_line_per_bad_file, make_bad_corpus
+from tests.corpus import as_shown, assert_one_line_per_bad_file, make_bad_corpus
 from vitprobe.cli import app
 from vitprobe.io.samples import write_samples
 
@@ -151,6 +151,6 @@ def test_a_missing_file_is_one_line_and_the_others_still_run(tiny_dirs, photos, 
     result = runner.invoke(app, ["explain", str(tmp_path / "gone.png"), str(photos[0]), "--model",
                                  str(tiny_dirs["vit"]), "--method", "cls", "--out", str(tmp_path / "out")])
     assert result.exit_code == 1 and isinstance(result.exception, SystemExit)
-    errors = [line for line in result.stderr.splitlines() if line.startswith("vitprobe:")]
+    errors = [line for line in map(as_shown, result.stderr.splitlines()) if line.startswith("vitprobe:")]
     assert errors == [f"vitprobe: error: {tmp_path / 'gone.png'}: no such file"]
     assert (tmp_path / "out" / "chelsea" / "cls.png").is_file()
