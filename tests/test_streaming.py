@@ -235,3 +235,21 @@ def test_attention_block_is_documented_shape(small_blocks):
     assert isinstance(block, AttentionBlock)
     assert block.probs.shape == block.shifted.shape == (1, 3, 3, LAYOUT.n_tokens)
     assert block.log_z.shape == (1, 3, 3)
+
+
+@pytest.mark.parametrize("batch", [1, 8])
+def test_one_query_row_against_strided_keys_equals_float64(batch):
+    """The CLS row read head by head from k as the projection leaves it, (B, T, heads·d) viewed as
+    (B, heads, T, d), from 2^20 elements on; the small case goes through one matmul. Both against float64."""
+    g = torch.Generator().manual_seed(batch)
+    heads, t, d = 4, 1370, 48
+    q = torch.randn(batch, t, heads * d, generator=g).view(batch, t, heads, d).transpose(1, 2)
+    k = torch.randn(batch, t, heads * d, generator=g).view(batch, t, heads, d).transpose(1, 2)
+    bias = torch.randn(1, heads, 1, t, generator=g)
+    assert not k.is_contiguous() and (k.numel() >= capture._ROW_COPY_ELEMENTS) == (batch == 8)
+    for b in (None, bias):
+        got = capture.query_row_probs(q[:, :, 0], k, 0.2, b)
+        scores = q[:, :, :1].double() @ k.double().transpose(-1, -2) * 0.2 + (0 if b is None else b.double())
+        want = scores.softmax(-1)[:, :, 0]
+        assert got.shape == (batch, heads, t) and got.dtype == torch.float32
+        assert torch.allclose(got.double(), want, atol=1e-6, rtol=0)
