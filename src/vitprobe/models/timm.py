@@ -22,7 +22,7 @@ import torch
 from PIL import Image
 from torch import nn
 
-from ..capture import AttentionSite, CaptureError, PoolSite, attention_probs
+from ..capture import AttentionSite, CaptureError, PoolSite, query_row_probs
 from ..io.preprocess import PreprocessSpec
 from .base import UnsupportedModelError, VitModel
 
@@ -290,7 +290,7 @@ def _pool_site(module: nn.Module) -> PoolSite | None:
         q = head.q(head.latent.expand(b, -1, -1)).reshape(b, head.latent_len, head.num_heads, head.head_dim)
         k = head.kv(x).reshape(b, n, 2, head.num_heads, head.head_dim).permute(2, 0, 3, 1, 4)[0]
         q, k = head.q_norm(q.transpose(1, 2)), head.k_norm(k)
-        return attention_probs(q[:, :, :1], k, head.scale)[:, :, 0]
+        return query_row_probs(q[:, :, 0], k, head.scale)
 
     return PoolSite(pool, probe)
 
