@@ -20,6 +20,9 @@ the probabilities) and keeps every layer's attention and output tokens in the au
 ``attention_gradients`` takes ``torch.autograd.grad`` of the target's score with respect to every
 layer's own probabilities, so gradients and attention are paired by layer index, never by the order
 in which backward hooks fire. No parameter's ``.grad`` is touched.
+
+Every pass through the module here (forwards, readouts, the similarity) holds the model's ``lock``, so
+gradient passes and captures from several threads on one model run one at a time.
 """
 
 from __future__ import annotations
@@ -111,13 +114,14 @@ def readout_forward(model: VitModel, pixels: torch.Tensor) -> tuple[torch.Tensor
     def keep(_module: torch.nn.Module, _inputs, output) -> None:
         caught.append(output[0] if isinstance(output, tuple) else output)
 
-    handle = model.blocks[-1].register_forward_hook(keep)
-    try:
-        with torch.no_grad():
-            model.forward(pixels.to(model.device, model.dtype))
-            embedding, logits = model.readout(caught[-1])
-    finally:
-        handle.remove()
+    with model.lock:
+        handle = model.blocks[-1].register_forward_hook(keep)
+        try:
+            with torch.no_grad():
+                model.forward(pixels.to(model.device, model.dtype))
+                embedding, logits = model.readout(caught[-1])
+        finally:
+            handle.remove()
     return embedding.float(), None if logits is None else logits.float()
 
 
@@ -165,20 +169,24 @@ def gradient_pass(model: VitModel, pixels: torch.Tensor, target: Target = None) 
     """The eager pass of pixels (B, 3, H, W) with the score of ``target`` (see the module docstring)."""
     _passes(model)
     pixels = pixels.to(model.device, model.dtype).requires_grad_(True)  # a graph even for frozen weights
-    with torch.enable_grad():
+    with model.lock, torch.enable_grad():
         logits, attns, tokens = model.attention_forward(pixels)
     detached = None if logits is None else logits.detach().float()
     prompt = text_prompt(model, target)
     if prompt is not None:
         def prompt_score(layer_tokens: torch.Tensor) -> torch.Tensor:
-            return model.similarity(model.readout(layer_tokens)[0], [prompt])[:, 0]
+            with model.lock:
+                return model.similarity(model.readout(layer_tokens)[0], [prompt])[:, 0]
 
         return GradientPass(list(attns), list(tokens), detached, prompt_score, None, f'the prompt "{prompt}"')
     if is_embedding_target(target) or (target is None and logits is None):
-        reference = reference_embedding(model, pixels.detach(), model.readout(tokens[-1])[0], target)
+        with model.lock:
+            own = model.readout(tokens[-1])[0]
+        reference = reference_embedding(model, pixels.detach(), own, target)
 
         def embedding_score(layer_tokens: torch.Tensor) -> torch.Tensor:
-            return (model.readout(layer_tokens)[0].float() * reference).sum(dim=-1)
+            with model.lock:
+                return (model.readout(layer_tokens)[0].float() * reference).sum(dim=-1)
 
         words = ("its own embedding" if target in (None, SELF)
                  else f"the embedding of {target.removeprefix(IMAGE_PREFIX)}")
@@ -193,7 +201,8 @@ def gradient_pass(model: VitModel, pixels: torch.Tensor, target: Target = None) 
         chosen = torch.full_like(logits[:, 0], index, dtype=torch.long)
 
     def class_score(layer_tokens: torch.Tensor) -> torch.Tensor:
-        layer_logits = model.readout(layer_tokens)[1]
+        with model.lock:
+            layer_logits = model.readout(layer_tokens)[1]
         return layer_logits.float().gather(1, chosen[:, None].to(layer_logits.device))[:, 0]
 
     return GradientPass(list(attns), list(tokens), detached, class_score, chosen.tolist(), "the class")

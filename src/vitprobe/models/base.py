@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import copy
+import threading
 from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -33,6 +37,39 @@ class UnsupportedModelError(ValueError):
     """The model's attention cannot give the maps vitprobe draws (no global self-attention)."""
 
 
+def _same(value: Any) -> Any:
+    return value
+
+
+@dataclass(frozen=True)
+class Rebuild:
+    """How an adapter wraps a module again: ``wrap(module, **options)`` -> a VitModel whose functions, sites
+    and blocks all belong to that module. ``pack(module)`` gives what pickling stores in its place and
+    ``unpack`` turns that back into a module (default: the module itself)."""
+
+    wrap: Callable[..., VitModel]
+    options: dict[str, Any] = field(default_factory=dict)
+    pack: Callable[[nn.Module], Any] = _same
+    unpack: Callable[[Any], nn.Module] = _same
+
+    def __call__(self, module: nn.Module) -> VitModel:
+        return self.wrap(module, **self.options)
+
+
+_OWN_FIELDS = ("name", "preprocess", "labels")
+"""What a copy keeps from the model it copies rather than reading it from its module again."""
+
+
+def _keeping(model: VitModel, own: dict[str, Any]) -> VitModel:
+    for key, value in own.items():
+        setattr(model, key, value)
+    return model
+
+
+def _unpickle(rebuild: Rebuild, packed: Any, own: dict[str, Any]) -> VitModel:
+    return _keeping(rebuild(rebuild.unpack(packed)), own)
+
+
 @dataclass(repr=False)
 class VitModel:
     """A ViT ready for capture: the torch module plus everything read from it.
@@ -50,6 +87,12 @@ class VitModel:
     Both are None where the adapter cannot. ``pool`` is the attention-pooling head of a model
     without CLS (SigLIP: a learned probe attends to every token); ``similarity(embeddings (B, D),
     prompts)`` gives a dual model's own image–text logits (B, P); each is None where the model has none.
+
+    Copies: ``copy.deepcopy(model)`` and pickling give an independent model (its own module, and every
+    function above bound to it), rebuilt by the adapter through ``rebuild``; ``rewrap(module)`` wraps
+    another module the same way. Threads: ``lock`` (re-entrant) is held around every pass that hooks or
+    switches the module (captures, the readout, gradient passes), so calls from several threads on one
+    model run one at a time, each giving the maps it gives alone; copies have their own lock.
     """
 
     name: str
@@ -69,6 +112,35 @@ class VitModel:
     readout: Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor | None]] | None = None
     pool: PoolSite | None = None
     similarity: Callable[[torch.Tensor, Sequence[str]], torch.Tensor] | None = None
+    rebuild: Rebuild | None = None
+    lock: AbstractContextManager = field(default_factory=threading.RLock, compare=False)
+
+    def rewrap(self, module: nn.Module) -> VitModel:
+        """This model's adapter applied to ``module`` (a copy, a fine-tuned twin, the module moved to
+        another device or dtype): sites, blocks and functions bound to ``module``, none to this model's."""
+        return self._rebuild()(module)
+
+    def _rebuild(self) -> Rebuild:
+        if self.rebuild is None:
+            raise TypeError(f"{self.name}: this VitModel was built by hand, not by an adapter, so it cannot be "
+                            "wrapped again, copied or pickled")
+        return self.rebuild
+
+    def _own(self) -> dict[str, Any]:
+        return {key: copy.copy(getattr(self, key)) for key in _OWN_FIELDS}
+
+    def __deepcopy__(self, memo: dict) -> VitModel:
+        with self.lock:  # no capture's hooks are on the module while it is copied
+            module = copy.deepcopy(self.module, memo)
+        return _keeping(self.rewrap(module), self._own())
+
+    def __reduce__(self) -> tuple:
+        """Pickled as (adapter, packed module, own fields). A pack that holds the module itself is written
+        after this returns, outside the lock: pickle such a model while no other thread runs it."""
+        rebuild = self._rebuild()
+        with self.lock:
+            packed = rebuild.pack(self.module)
+        return _unpickle, (rebuild, packed, self._own())
 
     @property
     def num_layers(self) -> int:
@@ -198,7 +270,7 @@ class VitModel:
                 self.sites, layout_for, layer_ids, cls=layout.has_cls, fuse=fuse,
                 full_layers=full_ids, reducers=reducers, blocks=self.blocks if token_norms else None,
             )
-            with recorder, PoolingRecorder(self.pool if pool else None) as pooling, torch.no_grad():
+            with self.lock, recorder, PoolingRecorder(self.pool if pool else None) as pooling, torch.no_grad():
                 out = self.forward(batch)
             recorder.finish()
             if pool:

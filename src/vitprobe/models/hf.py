@@ -9,6 +9,7 @@ import logging
 import math
 import pkgutil
 
+import torch
 import transformers
 from PIL import Image
 from torch import nn
@@ -17,7 +18,7 @@ from ..capture import AttentionSite, mha_pool_site
 from ..hub import locate
 from ..io.preprocess import PreprocessSpec
 from . import huggingface
-from .base import UnsupportedModelError, VitModel
+from .base import Rebuild, UnsupportedModelError, VitModel
 from .huggingface.spec import FAMILIES, HfFamily
 
 log = logging.getLogger(__name__)
@@ -113,15 +114,40 @@ def preprocess_from_dict(proc: dict | None, config) -> PreprocessSpec:
     )
 
 
+Packed = tuple[type, transformers.PretrainedConfig, dict[str, torch.Tensor]]
+"""A transformers module as pickling stores it: its class, its config, every parameter and buffer by name."""
+
+
+def pack(module: nn.Module) -> Packed:
+    """The module as class, config and tensors: transformers hooks the modules it records outputs from with
+    local functions that pickle cannot store. Shared (tied) tensors are one object under each name."""
+    tensors = dict(module.named_parameters(remove_duplicate=False))
+    tensors.update(module.named_buffers(remove_duplicate=False))
+    return type(module), module.config, tensors
+
+
+def unpack(packed: Packed) -> nn.Module:
+    """The module of ``pack``: built on the meta device (no initialisation), then given every tensor."""
+    cls, config, tensors = packed
+    with torch.device("meta"):
+        module = cls(config)
+    for name, tensor in tensors.items():
+        owner, _, leaf = name.rpartition(".")
+        setattr(module.get_submodule(owner), leaf, tensor)
+    return module
+
+
 def wrap(module: nn.Module, name: str, preprocess: PreprocessSpec | None = None,
          source: str | None = None) -> VitModel:
     """Wrap a loaded transformers module of a described family (put in eval mode) as a VitModel;
-    ``source``: the directory or hub id it came from (its tokenizer, for text prompts)."""
+    ``source``: the directory or hub id it came from (its tokenizer, for text prompts). Every function of
+    the model runs ``module``; ``rebuild`` wraps a copy the same way."""
     family = family_of(module.config.model_type)
     module.eval()
     family.prepare(module)
     vision = family.vision(module)
     config = vision_config(module.config)
+    preprocess = preprocess or preprocess_from_dict(None, config)
 
     def forward(pixels):
         return getattr(family.run(module, pixels), "logits", None)
@@ -147,13 +173,14 @@ def wrap(module: nn.Module, name: str, preprocess: PreprocessSpec | None = None,
         position_grid=family.position_grid(vision),
         prefix_names=family.prefix_names(config),
         patch_size=patch,
-        preprocess=preprocess or preprocess_from_dict(None, config),
+        preprocess=preprocess,
         forward=forward,
         attention_forward=attention_forward,
         readout=family.readout(module),
         labels={int(k): v for k, v in module.config.id2label.items()} if has_head else {},
         pool=mha_pool_site(pool_head) if pool_head is not None else None,
         similarity=family.similarity(module, source) if family.similarity and source else None,
+        rebuild=Rebuild(wrap, {"name": name, "preprocess": preprocess, "source": source}, pack, unpack),
     )
 
 

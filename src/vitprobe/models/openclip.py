@@ -22,7 +22,7 @@ from torch import nn
 
 from ..capture import AttentionSite
 from ..io.preprocess import PreprocessSpec
-from .base import UnsupportedModelError, VitModel
+from .base import Rebuild, UnsupportedModelError, VitModel
 
 log = logging.getLogger(__name__)
 
@@ -132,6 +132,7 @@ def wrap(model: nn.Module, name: str, architecture: str | None = None) -> VitMod
         attention_forward=attention_forward,
         readout=readout,
         similarity=_similarity(model, architecture) if hasattr(model, "encode_text") and architecture else None,
+        rebuild=Rebuild(wrap, {"name": name, "architecture": architecture}),
     )
 
 

@@ -81,6 +81,6 @@ def load(spec: str | None = None, *, device: str | torch.device | None = None,
         model = _FAMILIES[prefix][0](name)
     else:
         raise ValueError(f"unknown model family {prefix!r} in {spec!r}; use one of {', '.join(_FAMILIES)}")
-    if device is not None or dtype is not None:
-        model.module.to(device=device, dtype=dtype)
+    if device is not None or dtype is not None:  # wrapped again: the patch weights and positions as moved
+        model = model.rewrap(model.module.to(device=device, dtype=dtype))
     return model

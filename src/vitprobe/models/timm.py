@@ -24,7 +24,7 @@ from torch import nn
 
 from ..capture import AttentionSite, CaptureError, PoolSite, query_row_probs
 from ..io.preprocess import PreprocessSpec
-from .base import UnsupportedModelError, VitModel
+from .base import Rebuild, UnsupportedModelError, VitModel
 
 log = logging.getLogger(__name__)
 
@@ -272,6 +272,7 @@ def wrap(module: nn.Module, name: str) -> VitModel:
         attention_forward=_attention_forward(module, head),
         readout=_readout(module, head),
         pool=_pool_site(module),
+        rebuild=Rebuild(wrap, {"name": name}),
     )
 
 
