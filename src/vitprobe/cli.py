@@ -73,7 +73,8 @@ def explain(
     from tqdm.auto import tqdm
 
     from .explain import ExplainOptions, explain_image
-    from .io.images import ImageLoadError
+    from .io.images import ImageLoadError, printable
+    from .memory import OutOfMemory
     from .methods import check
     from .methods.attribute import spec_labels
 
@@ -96,6 +97,9 @@ def explain(
         except ImageLoadError as err:
             failures += 1
             tqdm.write(f"vitprobe: error: {err}", file=sys.stderr)
+        except OutOfMemory as err:  # this image alone: the others may fit
+            failures += 1
+            tqdm.write(f"vitprobe: error: {printable(path)}: {err}", file=sys.stderr)
         except (ValueError, IndexError) as err:  # the same for every image: a layer, head or patch out of range
             raise fail(str(err)) from None
     done = len(paths) - failures

@@ -12,6 +12,7 @@ import numpy as np
 
 from . import render
 from .io.files import atomic_write, atomic_write_text
+from .memory import one_item
 from .methods import MethodSpec, attribute
 from .models.base import ImageInput, VitModel
 from .render.style import Style
@@ -36,8 +37,10 @@ def _jsonable(value: Any) -> Any:
 
 def explain_image(model: VitModel, image: ImageInput, out_dir: Path, opts: ExplainOptions) -> dict:
     """Attribute one image by every method (one forward pass), write ``<label>.png`` per method,
-    ``maps.npz`` and ``summary.json`` into ``out_dir``; return the summary."""
-    results = attribute(model, image, method=list(opts.methods), size=opts.size)
+    ``maps.npz`` and ``summary.json`` into ``out_dir``; return the summary. ``memory.OutOfMemory`` when the
+    image does not fit in memory (before anything is written)."""
+    with one_item():
+        results = attribute(model, image, method=list(opts.methods), size=opts.size)
     out_dir.mkdir(parents=True, exist_ok=True)
     arrays: dict[str, np.ndarray] = {}
     described, figures = [], []

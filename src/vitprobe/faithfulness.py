@@ -18,6 +18,9 @@ randomised models explain the same class); for an embedding target (``self``, ``
 none on a model without head), the cosine similarity of the perturbed image's pooled embedding to
 the unperturbed image's own, or to the other image's. Deletion: lower AUC is more faithful;
 insertion: higher; positive perturbation: lower; negative: higher.
+
+Perturbed images that run out of memory together are scored in halves (``memory.BatchSize``, one
+warning); an image that does not fit alone is recorded in the failures with the memory it asked for.
 """
 
 from __future__ import annotations
@@ -41,6 +44,7 @@ from tqdm.auto import tqdm
 from .analysis import perturbation as pt
 from .choices import DEFAULT_FAITHFULNESS_METHODS
 from .io.files import atomic_write_text
+from .memory import BatchSize, OutOfMemory, one_item
 from .methods.attribute import MethodSpec, _is_single, attribute, check, spec_labels
 from .methods.base import get_method
 from .models.base import ImageInput, VitModel
@@ -254,8 +258,9 @@ def faithfulness(
     ``"image:PATH"`` or None (top class, or ``self`` without head), given to every method that takes
     one and defining the score; ``size=(H, W)`` resizes every image; ``steps``: K of the deletion and
     insertion curves; ``randomisation_steps``: blocks re-initialised in the cascade (None: all, 0: no
-    check); ``batch_size``: perturbed images per forward pass; ``seed``: ties, the random baseline and
-    the re-initialisation. An image that cannot be read is recorded in ``failures`` and skipped.
+    check); ``batch_size``: perturbed images per forward pass (halved where they do not fit); ``seed``: ties,
+    the random baseline and the re-initialisation. An image that cannot be read, or does not fit in memory,
+    is recorded in ``failures`` and skipped.
     """
     from .io.images import ImageLoadError
 
@@ -272,6 +277,7 @@ def faithfulness(
                           options={"steps": steps, "randomisation_steps": depth, "seed": seed, "size": size,
                                    "target": target, "methods": labels})
     bar = tqdm(total=len(singles) * (1 + depth), desc="faithfulness", unit="step", disable=not progress)
+    sizer = BatchSize(batch_size, "faithfulness")
     for number, image in enumerate(singles):
         name = str(image) if isinstance(image, (str, Path)) else f"image{number}"
         try:
@@ -280,26 +286,33 @@ def faithfulness(
             report.failures.append((name, str(err)))
             bar.update(1 + depth)
             continue
-        score, report.score, method_target = target_score(model, pixels, target)
-        chosen = _with_target(specs, method_target)
-        results = attribute(model, pixels, method=chosen)
-        results = results if isinstance(results, list) else [results]
-        grid_hw = results[0].layout.grid_hw
-        maps = {label: r.maps[0] for label, r in zip(labels, results, strict=True)}
-        maps[BASELINES[0]] = pt.random_map(grid_hw, seed, number)
-        maps[BASELINES[1]] = pt.centre_map(grid_hw)
-        ties = pt.tie_keys(grid_hw[0] * grid_hw[1], seed, number)
-        curves = _curves(pixels[0], maps, score, grid_hw, steps, ties, batch_size)
-        bar.update()
-        rho = _randomisation(model, pixels, chosen, labels, maps, depth, seed, number, bar.update)
+        before = bar.n
+        try:
+            with one_item():
+                score, report.score, method_target = target_score(model, pixels, target)
+                chosen = _with_target(specs, method_target)
+                results = attribute(model, pixels, method=chosen)
+                results = results if isinstance(results, list) else [results]
+                grid_hw = results[0].layout.grid_hw
+                maps = {label: r.maps[0] for label, r in zip(labels, results, strict=True)}
+                maps[BASELINES[0]] = pt.random_map(grid_hw, seed, number)
+                maps[BASELINES[1]] = pt.centre_map(grid_hw)
+                ties = pt.tie_keys(grid_hw[0] * grid_hw[1], seed, number)
+                curves = _curves(pixels[0], maps, score, grid_hw, steps, ties, sizer)
+                bar.update()
+                rho = _randomisation(model, pixels, chosen, labels, maps, depth, seed, number, bar.update)
+        except OutOfMemory as err:
+            report.failures.append((name, f"{name}: {err}"))
+            bar.update(before + 1 + depth - bar.n)
+            continue
         report.records.extend(Record(name, label, curves[label], rho[label]) for label in maps)
     bar.close()
     return report
 
 
 def _curves(image: torch.Tensor, maps: dict[str, torch.Tensor], score: ScoreFn, grid_hw: tuple[int, int],
-            steps: int, ties: np.ndarray, batch_size: int) -> dict[str, dict[str, np.ndarray]]:
-    """Every curve of every map of one image (3, H, W), the perturbed images scored ``batch_size`` at a
+            steps: int, ties: np.ndarray, sizer: BatchSize) -> dict[str, dict[str, np.ndarray]]:
+    """Every curve of every map of one image (3, H, W), the perturbed images scored ``sizer.size`` at a
     time: label -> curve name -> scores."""
     n = grid_hw[0] * grid_hw[1]
     zeros, blur = torch.zeros_like(image), pt.blurred(image)
@@ -312,11 +325,14 @@ def _curves(image: torch.Tensor, maps: dict[str, torch.Tensor], score: ScoreFn, 
                  (label, "positive", zeros, pt.chosen_masks(most, fractions)),
                  (label, "negative", zeros, pt.chosen_masks(least, fractions))]
     rows = [(k, m) for k, (_, _, _, masks) in enumerate(plan) for m in range(len(masks))]
+
+    def score_rows(span: slice) -> torch.Tensor:
+        batch = torch.cat([pt.compose(image, plan[k][2], plan[k][3][m:m + 1], grid_hw) for k, m in rows[span]])
+        return score(batch)
+
     scores = torch.empty(len(rows))
-    for start in range(0, len(rows), batch_size):
-        chunk = rows[start:start + batch_size]
-        batch = torch.cat([pt.compose(image, plan[k][2], plan[k][3][m:m + 1], grid_hw) for k, m in chunk])
-        scores[start:start + len(chunk)] = score(batch)
+    for span, values in sizer.run(len(rows), score_rows):
+        scores[span] = values
     out: dict[str, dict[str, np.ndarray]] = {label: {} for label in maps}
     offset = 0
     for label, curve, _, masks in plan:

@@ -24,7 +24,9 @@ Per image and layer (and head where it applies) the records hold:
 | ``outliers_in_cls_peaks_share`` | layer | share of outlier tokens that are such peaks (NaN: no outlier) |
 
 Memory stays bounded by one batch: attention is reduced per layer as the forward streams; the only
-(T, T) maps kept are the head means (L, B, T, T) that rollout multiplies.
+(T, T) maps kept are the head means (L, B, T, T) that rollout multiplies. A batch that runs out of memory
+goes through the model in halves (``memory.BatchSize``: one warning, the smaller size kept); an image that
+does not fit alone is recorded in the failures with the memory it asked for, and the run goes on.
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import logging
 import math
 import os
 import resource
@@ -66,7 +69,10 @@ from .io.store import (
     table_bytes,
     write_failures_csv,
 )
+from .memory import BatchSize, OutOfMemory
 from .models.base import VitModel
+
+log = logging.getLogger(__name__)
 
 HEAD_METRICS = (
     "mean_attention_distance",
@@ -290,6 +296,20 @@ def probe_pixels(model: VitModel, pixels: torch.Tensor, opts: AnalyzeOptions) ->
     return metrics, counts
 
 
+def probe_group(model: VitModel, pixels: list[torch.Tensor], opts: AnalyzeOptions, sizer: BatchSize,
+                names: list[str], failures: list[tuple[str, str]]) -> list[tuple[slice, tuple[dict, dict]]]:
+    """``probe_pixels`` over images (3, H, W) of one size, ``sizer.size`` at a time: [(slice of the images,
+    (metrics, counts))]. An image that does not fit in memory alone is added to ``failures`` (named from
+    ``names``) with one warning, and left out."""
+    stack = torch.stack(pixels)
+
+    def too_large(i: int, err: OutOfMemory) -> None:
+        log.warning("%s: %s", names[i], err)
+        failures.append((names[i], str(err)))
+
+    return sizer.run(len(pixels), lambda span: probe_pixels(model, stack[span], opts), too_large)
+
+
 def long_records(names: Sequence[str], layers: Sequence[int], metrics: dict[str, torch.Tensor]) -> dict[str, list]:
     """Per-image metrics {name: (L, B, heads) or (L, B)} -> long columns image, layer, head, metric, value.
 
@@ -401,6 +421,7 @@ def run_shard(
     bar = tqdm(total=mine, initial=mine - left, desc=desc, unit="image", disable=not opts.progress,
                position=ranks.rank if ranks.distributed else None)
     layers = list(range(model.num_layers))
+    sizer = BatchSize(opts.batch_size, "analyze")
     processed, start = 0, time.perf_counter()
     with bar, CtrlC() as ctrl_c:
         for index, loaded, failures in loader:
@@ -410,12 +431,14 @@ def run_shard(
             for image_index, pixels in loaded:
                 by_size.setdefault(tuple(pixels.shape[-2:]), []).append((image_index, pixels))
             for group in by_size.values():
-                indices = [i for i, _ in group]
-                metrics, counts = probe_pixels(model, torch.stack([p for _, p in group]), opts)
-                update_accumulators(accs, metrics, counts, indices, spread_pos)
-                part = long_records([printable(images[i]) for i in indices], layers, metrics)
-                for key in columns:
-                    columns[key].extend(part[key])
+                names = [printable(images[i]) for i, _ in group]
+                for span, (metrics, counts) in probe_group(model, [p for _, p in group], opts, sizer, names,
+                                                           failures):
+                    indices = [i for i, _ in group[span]]
+                    update_accumulators(accs, metrics, counts, indices, spread_pos)
+                    part = long_records([printable(images[i]) for i in indices], layers, metrics)
+                    for key in columns:
+                        columns[key].extend(part[key])
             store.write_batch(ranks.rank, ranks.world, index, columns, failures, flat_states(accs))
             processed += len(loaded) + len(failures)
             bar.update(len(loaded) + len(failures))

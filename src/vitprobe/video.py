@@ -14,6 +14,8 @@ full colormap.
 
 The model sees the WHOLE frame resized, aspect kept (short side: the model's own input size
 unless given), so the map covers every pixel of the frame, which keeps its size and frame rate.
+Frames that run out of memory together go through the model in halves (``memory.BatchSize``, one
+warning); a frame that does not fit alone ends the video with one line naming it.
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ from . import render
 from .choices import VIDEO_SHORT_SIDE
 from .io.files import atomic_write
 from .localization import default_short_side, whole_image_hw
+from .memory import BatchSize, OutOfMemory
 from .methods import attribute, check, get_method
 from .models.base import VitModel
 from .render.style import Style
@@ -107,6 +110,19 @@ def frame_maps(model: VitModel, frames: Sequence[np.ndarray], opts: VideoOptions
     return attribute(model, list(frames), method=opts.method, size=size, batch_size=len(frames), **opts.params).maps
 
 
+def shrinking_frame_maps(model: VitModel, frames: Sequence[np.ndarray], opts: VideoOptions, sizer: BatchSize,
+                         where: str, first: int) -> np.ndarray:
+    """``frame_maps`` of frames (H, W, 3), ``sizer.size`` at a time: (B, H_grid, W_grid) float32. ``VideoError``
+    naming the frame (``first`` is the index of ``frames[0]`` in ``where``) when one does not fit alone."""
+
+    def too_large(i: int, err: OutOfMemory) -> None:
+        raise VideoError(f"{where}: frame {first + i}: {err}")
+
+    parts = sizer.run(len(frames), lambda span: frame_maps(model, frames[span], opts).float().cpu().numpy(),
+                      too_large)
+    return np.concatenate([maps for _, maps in parts])
+
+
 def attention_video(
     model: VitModel,
     source: str | Path,
@@ -134,9 +150,10 @@ def attention_video(
             side = f"short side {opts.short_side or default_short_side(model.preprocess)} px"
             bar = tqdm(total=reader.frames_estimate or None, desc=f"attention ({side})", unit="frame",
                        disable=not progress)
+            sizer = BatchSize(opts.batch_size, "video")
             with bar:
                 for frames in batched(reader, opts.batch_size):
-                    maps = frame_maps(model, frames, opts).float().cpu().numpy()
+                    maps = shrinking_frame_maps(model, frames, opts, sizer, str(source), n)
                     sink.write(maps.tobytes())
                     n, grid_hw = n + len(frames), maps.shape[1:]
                     lo, hi = min(lo, float(maps.min())), max(hi, float(maps.max()))
