@@ -3,14 +3,22 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
 import torch
 import transformers
 
+from vitprobe.cache import cache_dir
+
 PATCH = 8
 IMAGE = 32
+
+if not torch.cuda.is_available():  # the Triton kernel's tests run on CPU tensors through its interpreter
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+# One build of the C++ kernel for the whole run and its subprocesses, whatever VITPROBE_CACHE a test sets.
+os.environ.setdefault("VITPROBE_KERNEL_CACHE", str(cache_dir() / "kernels"))
 
 TINY = {
     "vit": (transformers.ViTConfig, transformers.ViTForImageClassification, {}),

@@ -183,10 +183,12 @@ def test_layers_needing_every_row_answer_the_models_sdpa_call(tiny_dirs, tiny_ki
     assert answered.sdpa_answered == model.num_layers and declined.sdpa_answered == 0
     torch.testing.assert_close(kernel_out, plain, atol=0, rtol=0)
     torch.testing.assert_close(out, plain, atol=1e-5, rtol=1e-5)
-    torch.testing.assert_close(answered.full[1], declined.full[1], atol=1e-6, rtol=0)
+    # the same q, k in two memory layouts (the SDPA call's, the projections'): BLAS may round the scores
+    # differently, by up to ~1e-6 of the probabilities here (scores up to ~20)
+    torch.testing.assert_close(answered.full[1], declined.full[1], atol=1e-5, rtol=0)
     for layer in range(model.num_layers):
-        torch.testing.assert_close(answered.fused["mean"][layer], declined.fused["mean"][layer], atol=1e-6, rtol=0)
-        torch.testing.assert_close(answered.cls_rows[layer], declined.cls_rows[layer], atol=1e-6, rtol=0)
+        torch.testing.assert_close(answered.fused["mean"][layer], declined.fused["mean"][layer], atol=1e-5, rtol=0)
+        torch.testing.assert_close(answered.cls_rows[layer], declined.cls_rows[layer], atol=1e-5, rtol=0)
         for name in ("entropy", "distance"):
             torch.testing.assert_close(answered.reduced[name][layer], declined.reduced[name][layer],
                                        atol=1e-5, rtol=1e-6)

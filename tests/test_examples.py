@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -18,7 +19,8 @@ EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 def test_example_runs_and_writes_its_figures(tmp_path, monkeypatch, tmp_path_factory, script, folder, files):
     pytest.importorskip("onnx")
     pytest.importorskip("skimage")
-    env = {"VITPROBE_CACHE": str(tmp_path_factory.getbasetemp() / "cache"), "PATH": "/usr/bin:/bin"}
+    env = {"VITPROBE_CACHE": str(tmp_path_factory.getbasetemp() / "cache"), "PATH": "/usr/bin:/bin",
+           "VITPROBE_KERNEL_CACHE": os.environ["VITPROBE_KERNEL_CACHE"]}
     done = subprocess.run([sys.executable, str(EXAMPLES / script)], cwd=tmp_path, capture_output=True, text=True,
                           timeout=600, env=env)
     assert done.returncode == 0, done.stderr

@@ -26,3 +26,24 @@ def test_capture_on_the_gpu_equals_the_cpu(tiny_dirs, dtype, atol):
     torch.testing.assert_close(gpu.fused["mean"], cpu.fused["mean"], atol=atol, rtol=0)
     torch.testing.assert_close(gpu.cls, cpu.cls, atol=atol, rtol=0)
     torch.testing.assert_close(gpu.reduced["e"], cpu.reduced["e"], atol=50 * atol, rtol=0)
+
+
+@pytest.mark.parametrize("kernel", ["torch", "triton"])
+def test_kernels_on_the_gpu_equal_float64(kernel):
+    """The Triton kernel compiled for the device (and the torch-op one), every output against float64."""
+    from tests.test_kernels import float64_reference, full_request, kernel_outputs, projection_views
+    from vitprobe.kernels import torch_ops
+
+    if kernel == "triton":
+        pytest.importorskip("triton")
+        from vitprobe.kernels import triton as attend_module
+    else:
+        attend_module = torch_ops
+    q, k, v = (x.cuda() for x in projection_views(2, 6, 197, 64, seed=0))
+    request = full_request(2, 197)
+    request.fuse = {how: out.cuda() for how, out in request.fuse.items()}
+    request.dots = {name: w.cuda() for name, w in request.dots.items()}
+    result = attend_module.attend(q, k, 0.125, request, values=v)
+    want = float64_reference(q, k, v, 0.125, None, request)
+    for name, value in kernel_outputs(result, request).items():
+        torch.testing.assert_close(value.double(), want[name], atol=2e-6, rtol=1e-5, msg=name)

@@ -9,13 +9,16 @@ import numpy as np
 import pytest
 import torch
 
+from tests.kernel_params import KERNEL_NAMES, kernel_attend
 from tests.test_capture import eager_attentions
-from vitprobe import capture
 from vitprobe.analysis.distance import MeanDistance, patch_distances
 from vitprobe.analysis.entropy import RowEntropy
 from vitprobe.analysis.entropy import entropy as row_entropy
 from vitprobe.analysis.rollout import rollout_rows
-from vitprobe.capture import AttentionBlock, block_shape, for_each_block, stack_layers
+from vitprobe.capture import stack_layers
+from vitprobe.kernels import torch_ops
+from vitprobe.kernels.base import AttentionBlock, LayerRequest
+from vitprobe.kernels.torch_ops import block_shape, for_each_block
 from vitprobe.layout import TokenLayout
 from vitprobe.models.hf import load_hf
 
@@ -58,10 +61,11 @@ def random_qk(batch: int = 2, heads: int = 3, t: int = LAYOUT.n_tokens, d: int =
     return torch.randn(batch, heads, t, d, generator=g) * 1.5, torch.randn(batch, heads, t, d, generator=g)
 
 
-def streamed(reducer, q, k, scale, layout=LAYOUT) -> torch.Tensor:
-    reducer.start(q.shape[0], q.shape[1], layout, q.device)
-    for_each_block(q, k, scale, reducer.update)
-    return reducer.finish()
+def streamed(reducer, q, k, scale, layout=LAYOUT, kernel="torch") -> torch.Tensor:
+    """One layer's result of a ``RowStatReducer`` computed by the named kernel."""
+    request = LayerRequest()
+    reducer.ask(request, layout, q.device)
+    return reducer.reduce(kernel_attend(kernel)(q, k, scale, request), layout)
 
 
 def collect_blocks(q, k, scale) -> list[AttentionBlock]:
@@ -80,8 +84,8 @@ def collect_blocks(q, k, scale) -> list[AttentionBlock]:
 @pytest.fixture
 def small_blocks(monkeypatch):
     """Blocks of 3 query rows of one image (T = 14 gives a short last block)."""
-    monkeypatch.setitem(capture._BLOCK_BYTES, "cpu", 3 * 3 * LAYOUT.n_tokens * 4)
-    monkeypatch.setattr(capture, "_MIN_BLOCK_ROWS", 1)
+    monkeypatch.setitem(torch_ops._BLOCK_BYTES, "cpu", 3 * 3 * LAYOUT.n_tokens * 4)
+    monkeypatch.setattr(torch_ops, "_MIN_BLOCK_ROWS", 1)
 
 
 def test_blocks_cover_every_row_once_and_equal_softmax(small_blocks):
@@ -141,10 +145,13 @@ def test_block_shape_budget():
     assert block_shape(1, 6, 5330, cpu) == (1, 64)  # DINOv2-S/14 @ 1022: 16 rows would fit 2 MiB; 64 are kept
 
 
+@pytest.mark.parametrize("kernel", ["torch", "cpp"])
 @pytest.mark.parametrize("kind", ["vit", "dinov2_with_registers"])
-def test_streamed_capture_equals_eager_in_small_blocks(tiny_dirs, kind, monkeypatch):
-    monkeypatch.setitem(capture._BLOCK_BYTES, "cpu", 4 * 5 * 4 * 4 * 4)  # 1 image, 3 or 4 query rows
-    monkeypatch.setattr(capture, "_MIN_BLOCK_ROWS", 1)
+def test_streamed_capture_equals_eager_in_small_blocks(tiny_dirs, kind, kernel, monkeypatch):
+    kernel_attend(kernel)  # skips where the kernel cannot run
+    monkeypatch.setenv("VITPROBE_KERNEL", kernel)
+    monkeypatch.setitem(torch_ops._BLOCK_BYTES, "cpu", 4 * 5 * 4 * 4 * 4)  # 1 image, 3 or 4 query rows
+    monkeypatch.setattr(torch_ops, "_MIN_BLOCK_ROWS", 1)
     model = load_hf(str(tiny_dirs[kind]))
     pixels = torch.randn(3, 3, 32, 32)
     cap = model.capture_pixels(pixels, full_layers=[0, 2], fuse=("mean", "max"),
@@ -164,43 +171,47 @@ def test_streamed_capture_equals_eager_in_small_blocks(tiny_dirs, kind, monkeypa
     assert cap.reduced["distance"].shape == (3, 3, 4)
 
 
-def test_row_entropy_matches_float64_and_bounds(small_blocks):
+@pytest.mark.parametrize("kernel", KERNEL_NAMES)
+def test_row_entropy_matches_float64_and_bounds(small_blocks, kernel):
     q, k = random_qk(seed=3)
-    ours = streamed(RowEntropy(), q, k, 0.7)
+    ours = streamed(RowEntropy(), q, k, 0.7, kernel=kernel)
     attn = torch.softmax(q.double() @ k.double().transpose(-1, -2) * 0.7, dim=-1)
     np.testing.assert_allclose(ours.numpy(), float64_entropy(attn.numpy()), atol=1e-5)
     np.testing.assert_allclose(row_entropy(attn.float()).numpy(), float64_entropy(attn.numpy()), atol=1e-5)
     assert (ours >= -1e-6).all() and (ours <= math.log(LAYOUT.n_tokens) + 1e-6).all()
 
 
-def test_entropy_oracles():
+@pytest.mark.parametrize("kernel", KERNEL_NAMES)
+def test_entropy_oracles(kernel):
     t = LAYOUT.n_tokens
     zero = torch.zeros(1, 1, t, 4)
-    uniform = streamed(RowEntropy(), zero, zero, 1.0)
+    uniform = streamed(RowEntropy(), zero, zero, 1.0, kernel=kernel)
     assert torch.allclose(uniform, torch.full_like(uniform, math.log(t)), atol=1e-6)
     peaked = torch.eye(t).mul(60.0)[None, None]  # q_i·k_j = 3600·[i = j]: one-hot rows
-    assert torch.allclose(streamed(RowEntropy(), peaked, peaked, 1.0), torch.zeros(1, 1, t), atol=1e-5)
+    assert torch.allclose(streamed(RowEntropy(), peaked, peaked, 1.0, kernel=kernel), torch.zeros(1, 1, t), atol=1e-5)
     assert torch.allclose(row_entropy(torch.eye(t)), torch.zeros(t))
 
 
+@pytest.mark.parametrize("kernel", KERNEL_NAMES)
 @pytest.mark.parametrize("renormalize", [False, True])
-def test_mean_distance_matches_float64(small_blocks, renormalize):
+def test_mean_distance_matches_float64(small_blocks, renormalize, kernel):
     q, k = random_qk(seed=5)
-    ours = streamed(MeanDistance(renormalize=renormalize), q, k, 0.5)
+    ours = streamed(MeanDistance(renormalize=renormalize), q, k, 0.5, kernel=kernel)
     attn = torch.softmax(q.double() @ k.double().transpose(-1, -2) * 0.5, dim=-1).numpy()
     np.testing.assert_allclose(ours.numpy(), float64_distance(attn, LAYOUT, renormalize), rtol=1e-5)
 
 
-def test_mean_distance_oracles():
+@pytest.mark.parametrize("kernel", KERNEL_NAMES)
+def test_mean_distance_oracles(kernel):
     """Identity attention -> 0; uniform attention over a 14×14 grid of 16-px patches -> 116.49 px."""
     layout = TokenLayout(("cls",), (14, 14), 16)
     t = layout.n_tokens
     eye = torch.eye(t).mul(60.0)[None, None]
-    assert streamed(MeanDistance(), eye, eye, 1.0, layout).abs().max() < 1e-3
+    assert streamed(MeanDistance(), eye, eye, 1.0, layout, kernel).abs().max() < 1e-3
     zero = torch.zeros(1, 2, t, 4)
-    uniform = streamed(MeanDistance(renormalize=True), zero, zero, 1.0, layout)
+    uniform = streamed(MeanDistance(renormalize=True), zero, zero, 1.0, layout, kernel)
     assert torch.allclose(uniform, torch.full((1, 2), 116.49), atol=5e-3)
-    unnormalised = streamed(MeanDistance(), zero, zero, 1.0, layout)  # CLS takes 1/T of each row
+    unnormalised = streamed(MeanDistance(), zero, zero, 1.0, layout, kernel)  # CLS takes 1/T of each row
     assert torch.allclose(unnormalised, uniform * (t - 1) / t, atol=1e-3)
 
 
@@ -246,9 +257,9 @@ def test_one_query_row_against_strided_keys_equals_float64(batch):
     q = torch.randn(batch, t, heads * d, generator=g).view(batch, t, heads, d).transpose(1, 2)
     k = torch.randn(batch, t, heads * d, generator=g).view(batch, t, heads, d).transpose(1, 2)
     bias = torch.randn(1, heads, 1, t, generator=g)
-    assert not k.is_contiguous() and (k.numel() >= capture._ROW_COPY_ELEMENTS) == (batch == 8)
+    assert not k.is_contiguous() and (k.numel() >= torch_ops._ROW_COPY_ELEMENTS) == (batch == 8)
     for b in (None, bias):
-        got = capture.query_row_probs(q[:, :, 0], k, 0.2, b)
+        got = torch_ops.query_row_probs(q[:, :, 0], k, 0.2, b)
         scores = q[:, :, :1].double() @ k.double().transpose(-1, -2) * 0.2 + (0 if b is None else b.double())
         want = scores.softmax(-1)[:, :, 0]
         assert got.shape == (batch, heads, t) and got.dtype == torch.float32

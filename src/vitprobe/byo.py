@@ -17,8 +17,10 @@ import numpy as np
 import torch
 
 from .analysis.maps import FUSIONS, fuse_heads
-from .capture import AttentionBlock, Capture, Reducer, RowReducer
+from .capture import Capture, Reducer
 from .io.images import load_image
+from .kernels.base import AttentionBlock, LayerRequest, LayerResult, RowReducer, RowStatReducer
+from .kernels.torch_ops import allocate_statistics, block_statistics
 from .layout import TokenLayout
 from .models.base import ImageInput
 
@@ -93,7 +95,7 @@ def from_attentions(
     patch_size: int = 16,
     images: Sequence[ImageInput] | ImageInput | None = None,
     fuse: Sequence[str] = FUSIONS,
-    reducers: dict[str, Reducer | RowReducer] | None = None,
+    reducers: dict[str, Reducer | RowReducer | RowStatReducer] | None = None,
     logits: Any = None,
     model_name: str = "from_attentions",
 ) -> Capture:
@@ -156,7 +158,13 @@ def from_attentions(
     )
 
 
-def _reduce(reducer: Reducer | RowReducer, attn: torch.Tensor, layout: TokenLayout) -> torch.Tensor:
+def _reduce(reducer: Reducer | RowReducer | RowStatReducer, attn: torch.Tensor, layout: TokenLayout) -> torch.Tensor:
+    if isinstance(reducer, RowStatReducer):
+        request, result = LayerRequest(), LayerResult("torch")
+        reducer.ask(request, layout, attn.device)
+        allocate_statistics(request, result, attn.shape[:3], attn.device)
+        block_statistics(_single_block(attn), request, result)
+        return reducer.reduce(result, layout)
     if isinstance(reducer, RowReducer):
         reducer.start(attn.shape[0], attn.shape[1], layout, attn.device)
         reducer.update(_single_block(attn))

@@ -3,7 +3,8 @@
 Hooks on each layer's query and key projections take q and k as the model computes them; the
 attention probabilities softmax(q·kᵀ·scale) are recomputed from them in float32 and reduced as
 the forward streams, so the model keeps its fast fused kernel and all layers × heads × T × T
-never sit in memory at once.
+never sit in memory at once. The arithmetic of a layer is a kernel's (``kernels/``: torch ops, a
+compiled C++ kernel, Triton), chosen per layer for the device and the request (``VITPROBE_KERNEL``).
 
 Only the CLS row costs one extra (1, T) row per head. A layer whose every row is needed (head
 fusion, reducers, full maps) would compute its attention twice, once in the model's kernel and
@@ -20,10 +21,6 @@ what the kernel softmaxes; a forward that makes no such call is refused in one l
 
 from __future__ import annotations
 
-import math
-import queue
-import threading
-from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
@@ -33,17 +30,18 @@ from PIL import Image
 from torch import nn
 from torch.overrides import TorchFunctionMode
 
-from .fusion import FUSIONS, fuse_heads
+from .fusion import FUSIONS
 from .io.preprocess import Geometry
+from .kernels import select_kernel
+from .kernels.base import LayerRequest, RowReducer, RowStatReducer
+from .kernels.torch_ops import attention_probs, query_row_probs
 from .layout import TokenLayout
 
 Reducer = Callable[[torch.Tensor, TokenLayout], torch.Tensor]
-"""Per-layer reduction: attention (B, heads, T, T) and the layout -> any tensor with batch first."""
+"""Per-layer reduction: attention (B, heads, T, T) and the layout -> any tensor with batch first. Besides
+such functions a capture takes ``RowStatReducer``s (per-row statistics, on every kernel) and
+``RowReducer``s (fed block by block, on the torch-op kernel)."""
 
-_BLOCK_BYTES = {"cpu": 2 << 20}  # one float32 block of scores: cache-sized on CPU
-_DEFAULT_BLOCK_BYTES = 256 << 20  # accelerators: few, large blocks
-_ROW_COPY_ELEMENTS = 1 << 20  # from here a strided k is read head by head for one query row (see query_row_probs)
-_MIN_BLOCK_ROWS = 64  # fewer query rows make the q·kᵀ and P·V matmuls slow (16 rows: 1.6× the time of 67)
 _SDPA = F.scaled_dot_product_attention  # the kernel itself, also when a caller wraps the F attribute
 
 
@@ -92,7 +90,9 @@ class Capture:
     - ``images``: the part of each original image the model saw, ``geometry`` how it was mapped;
     - ``logits``: (B, classes) when the model has a classification head;
     - ``pixels``: (B, 3, H, W) the preprocessed model input (for methods that run the model again);
-    - ``n_layers``: how many layers the model has (negative layer indices count back from it).
+    - ``n_layers``: how many layers the model has (negative layer indices count back from it);
+    - ``kernels``: the attention kernels that computed the layers needing every row ("cpp", "torch", ...;
+      empty when only CLS rows were read).
     """
 
     layout: TokenLayout
@@ -109,6 +109,7 @@ class Capture:
     pool: torch.Tensor | None = None
     pixels: torch.Tensor | None = None
     n_layers: int | None = None
+    kernels: tuple[str, ...] = ()
 
     def __repr__(self) -> str:
         parts = [f"images={self.batch_size}", f"layers={_span(self.layers)}", f"grid={self.layout.grid_hw}",
@@ -171,35 +172,6 @@ def _split_heads(x: torch.Tensor, num_heads: int, head_dim: int) -> torch.Tensor
     return x.view(b, t, num_heads, head_dim).transpose(1, 2)
 
 
-def attention_probs(q: torch.Tensor, k: torch.Tensor, scale: float, bias: torch.Tensor | None = None) -> torch.Tensor:
-    """softmax(q·kᵀ·scale + bias) in float32: q (B, heads, Tq, d), k (B, heads, T, d), an additive bias
-    broadcastable to (B, heads, Tq, T) -> (B, heads, Tq, T)."""
-    scores = torch.matmul(q.float(), k.float().transpose(-1, -2)) * scale
-    if bias is not None:
-        scores = scores + bias
-    return scores.softmax(dim=-1)
-
-
-def query_row_probs(q: torch.Tensor, k: torch.Tensor, scale: float, bias: torch.Tensor | None = None) -> torch.Tensor:
-    """``attention_probs`` of one query row against every key: q (B, heads, d), k (B, heads, T, d), ``bias``
-    broadcastable to (B, heads, 1, T) -> (B, heads, T) in float32.
-
-    A large k that is a view of the projection's (B, T, heads·d) output is read head by head where it lies
-    (``_ROW_COPY_ELEMENTS`` and up): ``matmul`` would first copy all of it, which took 9× the product itself
-    at DINOv2-L/14@518, batch 8 (107 against 12 ms per layer).
-    """
-    if k.is_contiguous() or k.numel() < _ROW_COPY_ELEMENTS:
-        return attention_probs(q[:, :, None], k, scale, bias)[:, :, 0]
-    rows = q.float() * scale
-    keys = k.float()
-    scores = rows.new_empty(k.shape[:3])
-    for head in range(k.shape[1]):
-        torch.bmm(keys[:, head], rows[:, head, :, None], out=scores[:, head, :, None])
-    if bias is not None:
-        scores = (scores[:, :, None] + bias)[:, :, 0]
-    return scores.softmax(dim=-1)
-
-
 def additive_mask(mask: torch.Tensor | None) -> torch.Tensor | None:
     """An SDPA ``attn_mask`` as a float32 bias added to the logits: float masks as they are, boolean ones
     (True: attend) as 0 or a large negative number (finite, so entropies stay defined)."""
@@ -208,174 +180,6 @@ def additive_mask(mask: torch.Tensor | None) -> torch.Tensor | None:
     if mask.dtype == torch.bool:
         return torch.zeros(mask.shape, device=mask.device).masked_fill_(~mask, torch.finfo(torch.float32).min / 2)
     return mask.float()
-
-
-class AttentionBlock:
-    """Query rows ``rows`` of images ``images`` of one layer's attention, all heads, in float32.
-
-    ``probs`` (b, heads, r, T) are softmax rows of ``scores`` (b, heads, r, T). Computed on first use,
-    so a capture pays only for what its reducers read: ``shifted``, the scores minus their row maximum
-    (in place, in the scores' buffer), and ``log_z`` (b, heads, r), log Σ exp(shifted), so a row's
-    entropy is ``log_z − Σ probs·shifted``. ``memo`` holds what one reducer computed for others of the
-    same block. The buffers are reused: a block is valid until the next one.
-    """
-
-    def __init__(self, images: slice, rows: slice, probs: torch.Tensor, scores: torch.Tensor,
-                 log_z: torch.Tensor | None = None) -> None:
-        self.images = images
-        self.rows = rows
-        self.probs = probs
-        self._scores = scores
-        self._is_shifted = False
-        self._log_z = log_z
-        self.memo: dict = {}
-
-    @property
-    def shifted(self) -> torch.Tensor:
-        if not self._is_shifted:
-            self._scores.sub_(self._scores.amax(dim=-1, keepdim=True))
-            self._is_shifted = True
-        return self._scores
-
-    @property
-    def log_z(self) -> torch.Tensor:
-        if self._log_z is None:
-            self._log_z = self.probs.amax(dim=-1).log_().neg_()  # the largest probability is exp(0) / z
-        return self._log_z
-
-
-class RowReducer(ABC):
-    """A per-layer reduction fed the attention block by block, so (B, heads, T, T) is never held.
-
-    For each layer the recorder calls ``start``, then ``update`` once per block (the blocks cover
-    every query row of every image once), then ``finish`` for the layer's result (B, ...).
-    ``update`` may run in several threads at once, each with its own block: it must write only
-    to its block's (images, rows) entries.
-    """
-
-    @abstractmethod
-    def start(self, batch: int, heads: int, layout: TokenLayout, device: torch.device) -> None: ...
-
-    @abstractmethod
-    def update(self, block: AttentionBlock) -> None: ...
-
-    @abstractmethod
-    def finish(self) -> torch.Tensor: ...
-
-
-def block_shape(batch: int, heads: int, n_tokens: int, device: torch.device) -> tuple[int, int]:
-    """(images, query rows) per block so that one (images, heads, rows, T) float32 block stays within
-    the device's budget (2 MiB on CPU, where the softmax and the reductions then run in cache), but
-    with at least ``_MIN_BLOCK_ROWS`` rows, which at large T outweighs the cache (T = 5330 tokens)."""
-    budget = _BLOCK_BYTES.get(device.type, _DEFAULT_BLOCK_BYTES)
-    row_bytes = heads * n_tokens * 4
-    if row_bytes * n_tokens <= budget:
-        return max(1, min(batch, budget // (row_bytes * n_tokens))), n_tokens
-    return 1, min(n_tokens, max(1, _MIN_BLOCK_ROWS, budget // row_bytes))
-
-
-class _BlockWorkers:
-    """Python threads that each run torch single-threaded and take whole blocks of one layer (CPU).
-
-    Streaming a layer in cache-sized blocks means many small ops; with torch's own threads each op
-    opens an OpenMP parallel region, and on a loaded machine every region waits for a descheduled
-    thread (measured: 6× slower at load 7 on 2 cores). Workers set their thread count to 1; the
-    process-wide count is restored for threads started later.
-    """
-
-    def __init__(self, n: int) -> None:
-        self.n = n
-        self._jobs: queue.SimpleQueue = queue.SimpleQueue()
-        threads = torch.get_num_threads()
-        ready = threading.Barrier(n + 1)
-        for _ in range(n):
-            threading.Thread(target=self._serve, args=(ready,), daemon=True, name="vitprobe-blocks").start()
-        ready.wait()
-        torch.set_num_threads(threads)
-
-    def _serve(self, ready: threading.Barrier) -> None:
-        torch.set_num_threads(1)
-        ready.wait()
-        while True:
-            fn, done = self._jobs.get()
-            try:
-                fn()
-                done.put(None)
-            except BaseException as err:  # handed to the caller, re-raised there
-                done.put(err)
-
-    def run(self, fn: Callable[[], None]) -> None:
-        """Run ``fn`` in every worker at once and wait; re-raise the first error."""
-        done: queue.SimpleQueue = queue.SimpleQueue()
-        for _ in range(self.n):
-            self._jobs.put((fn, done))
-        errors = [err for err in (done.get() for _ in range(self.n)) if err is not None]
-        if errors:
-            raise errors[0]
-
-
-_WORKERS: dict[int, _BlockWorkers] = {}
-
-
-def for_each_block(
-    q: torch.Tensor,
-    k: torch.Tensor,
-    scale: float,
-    consume: Callable[[AttentionBlock], None],
-    values: torch.Tensor | None = None,
-    bias: torch.Tensor | None = None,
-) -> torch.Tensor | None:
-    """Call ``consume`` on every block of softmax(q·kᵀ·scale + bias), q, k (B, heads, T, d), in float32;
-    ``bias`` (optional, float32) broadcasts to (B, heads, T, T).
-
-    Blocks follow ``block_shape``; each worker reuses two block buffers, so (B, heads, T, T) is
-    never allocated. On CPU the blocks are shared among ``torch.get_num_threads()`` worker
-    threads, so ``consume`` may run concurrently and must write only its block's entries.
-    With ``values`` v (B, heads, T, d) the attention output softmax(q·kᵀ·scale)·v (B, heads, T, d)
-    is computed from the same blocks and returned in float32.
-    """
-    q = q.to(torch.float32, memory_format=torch.contiguous_format, copy=True).mul_(scale)
-    kt = k.to(torch.float32, memory_format=torch.contiguous_format).transpose(-1, -2)
-    v = values.to(torch.float32, memory_format=torch.contiguous_format) if values is not None else None
-    output = q.new_empty(*q.shape[:3], v.shape[-1]) if v is not None else None
-    batch, heads, t, _ = q.shape
-    bias = bias.expand(batch, heads, t, t) if bias is not None else None  # a view: no copy
-    n_images, n_rows = block_shape(batch, heads, t, q.device)
-    spans = [
-        (slice(b0, min(b0 + n_images, batch)), slice(r0, min(r0 + n_rows, t)))
-        for b0 in range(0, batch, n_images)
-        for r0 in range(0, t, n_rows)
-    ]
-    pending = iter(spans)
-    lock = threading.Lock()
-
-    def work() -> None:
-        scores = q.new_empty(n_images * heads * n_rows * t)
-        probs = torch.empty_like(scores)
-        while True:
-            with lock:
-                span = next(pending, None)
-            if span is None:
-                return
-            images, rows = span
-            shape = (images.stop - images.start, heads, rows.stop - rows.start, t)
-            size = math.prod(shape)
-            s = torch.matmul(q[images, :, rows], kt[images], out=scores[:size].view(shape))
-            if bias is not None:
-                s.add_(bias[images, :, rows])
-            p = torch.softmax(s, dim=-1, out=probs[:size].view(shape))  # one fused pass per row
-            consume(AttentionBlock(images, rows, p, s))
-            if v is not None:
-                output[images, :, rows] = torch.matmul(p, v[images])
-
-    workers = min(torch.get_num_threads(), len(spans)) if q.device.type == "cpu" else 1
-    if workers > 1:
-        if workers not in _WORKERS:
-            _WORKERS[workers] = _BlockWorkers(workers)
-        _WORKERS[workers].run(work)
-    else:
-        work()
-    return output
 
 
 class AttentionRecorder:
@@ -423,6 +227,7 @@ class AttentionRecorder:
         self._count: dict[int, int] = dict.fromkeys(self.layers, 0)
         self._pending: int | None = None  # q and k hooked, waiting for the layer's SDPA call
         self.sdpa_answered = 0
+        self.kernels: set[str] = set()  # which kernels computed the layers that needed every row
         self.layout: TokenLayout | None = None
         self.cls_rows: dict[int, torch.Tensor] = {}
         self.fused: dict[str, dict[int, torch.Tensor]] = {how: {} for how in self.fuse}
@@ -567,38 +372,34 @@ class AttentionRecorder:
                 self.cls_rows[layer] = query_row_probs(q[:, :, i], k, scale, row_bias).cpu()
             return None
         batch, heads, t, _ = q.shape
-        cls = layout.cls_index if self.want_cls and layout.has_cls else None
-        cls_rows = q.new_empty(batch, heads, t, dtype=torch.float32) if cls is not None else None
-        fused = {how: self._fused_slot(how, layer, (batch, t, t), q.device) for how in self.fuse}
-        by_block = {name: r for name, r in self.reducers.items() if isinstance(r, RowReducer)}
-        whole = {name: r for name, r in self.reducers.items() if name not in by_block}
-        keep = bool(whole) or layer in self.full_layers
-        attn = q.new_empty(batch, heads, t, t, dtype=torch.float32) if keep else None
-        for reducer in by_block.values():
+        streamed = {name: r for name, r in self.reducers.items() if isinstance(r, RowReducer)}
+        statistics = {name: r for name, r in self.reducers.items() if isinstance(r, RowStatReducer)}
+        whole = {name: r for name, r in self.reducers.items() if name not in streamed and name not in statistics}
+        request = LayerRequest(
+            cls_index=layout.cls_index if self.want_cls and layout.has_cls else None,
+            fuse={how: self._fused_slot(how, layer, (batch, t, t), q.device) for how in self.fuse},
+            full=bool(whole) or layer in self.full_layers,
+            block_reducers=list(streamed.values()),
+        )
+        for reducer in statistics.values():
+            reducer.ask(request, layout, q.device)
+        for reducer in streamed.values():
             reducer.start(batch, heads, layout, q.device)
-
-        def consume(block: AttentionBlock) -> None:
-            if cls is not None and block.rows.start <= cls < block.rows.stop:
-                cls_rows[block.images] = block.probs[:, :, cls - block.rows.start]
-            for how, out in fused.items():
-                out[block.images, block.rows] = fuse_heads(block.probs, how, dim=1)
-            if attn is not None:
-                attn[block.images, :, block.rows] = block.probs
-            for reducer in by_block.values():
-                reducer.update(block)
-
-        output = for_each_block(q, k, scale, consume, values, bias)
-        if cls_rows is not None:
-            self.cls_rows[layer] = cls_rows.cpu()
-        for how, out in fused.items():
+        result = select_kernel(q.device, request)(q, k, scale, request, values, bias)
+        self.kernels.add(result.kernel)
+        if result.cls is not None:
+            self.cls_rows[layer] = result.cls.cpu()
+        for how, out in request.fuse.items():
             self.fused[how][layer] = out.cpu()
         if layer in self.full_layers:
-            self.full[layer] = attn.cpu()
-        for name, reducer in by_block.items():
+            self.full[layer] = result.full.cpu()
+        for name, reducer in statistics.items():
+            self.reduced[name][layer] = reducer.reduce(result, layout).cpu()
+        for name, reducer in streamed.items():
             self.reduced[name][layer] = reducer.finish().cpu()
         for name, reducer in whole.items():
-            self.reduced[name][layer] = reducer(attn, layout).cpu()
-        return output
+            self.reduced[name][layer] = reducer(result.full, layout).cpu()
+        return result.output
 
     def _fused_slot(self, how: str, layer: int, shape: tuple[int, ...], device: torch.device) -> torch.Tensor:
         """The (B, T, T) slice of ``layer`` in one (L, B, T, T) tensor per fusion, so stacking copies nothing."""

@@ -18,11 +18,12 @@ without (B, heads, T, T), with the same two conventions (tests check they agree)
 
 from __future__ import annotations
 
+import functools
 import math
 
 import torch
 
-from ..capture import AttentionBlock, RowReducer
+from ..kernels.base import LayerRequest, LayerResult, RowStatReducer
 from ..layout import TokenLayout
 
 
@@ -73,52 +74,35 @@ def mean_attention_distance(
 
 
 
-class MeanDistance(RowReducer):
-    """Mean attention distance per head in input pixels, streamed: per layer (B, heads).
+class MeanDistance(RowStatReducer):
+    """Mean attention distance per head in input pixels, from per-row statistics: per layer (B, heads).
 
-    Σ p·D per row with the precomputed ``patch_distances`` matrix D (zero on prefix rows and
-    columns, so prefix queries add nothing and prefix keys count as distance 0); ``renormalize`` as
-    in ``mean_attention_distance``. Each row's T-term dot product is float32; rows are summed in float64
-    (one float32 sum over a whole block's r·T terms drifted by 5e-4 relative at T = 4097).
+    Each row's Σ p·D with the ``patch_distances`` matrix D (zero on prefix rows and columns, so prefix
+    queries add nothing and prefix keys count as distance 0), a float32 dot of T terms computed by the
+    kernel; the rows are summed in float64 (one float32 sum over a block's r·T terms drifted by 5e-4
+    relative at T = 4097). ``renormalize`` (as in ``mean_attention_distance``) divides each row by its patch
+    mass, Σ p over the patch keys. Both conventions share one row dot.
     """
 
     def __init__(self, renormalize: bool = False) -> None:
         self.renormalize = renormalize
         self._dist: dict[tuple[TokenLayout, torch.device], torch.Tensor] = {}
 
-    def start(self, batch: int, heads: int, layout: TokenLayout, device: torch.device) -> None:
-        key = (layout, torch.device(device))
-        if key not in self._dist:
-            self._dist[key] = patch_distances(layout, device)
-        self._layout = layout
-        self._d = self._dist[key]
-        self._rows = torch.empty(batch, heads, layout.n_tokens, device=device) if self.renormalize else None
-        self._sums: list[tuple[slice, torch.Tensor]] = []  # appended from the worker threads
-        self._shape = (batch, heads)
-
-    def update(self, block: AttentionBlock) -> None:
-        per_row = self._row_sums(block)
+    def ask(self, request: LayerRequest, layout: TokenLayout, device: torch.device) -> None:
+        request.dots["patch_distance"] = _cached_distances(layout, torch.device(device))
         if self.renormalize:
-            patch_mass = block.probs[..., self._layout.n_prefix :].sum(dim=-1)
-            tiny = torch.finfo(torch.float32).tiny
-            self._rows[block.images, :, block.rows] = per_row / patch_mass.clamp_min(tiny)
-        else:  # one float32 dot of T terms per row, the rows summed in float64: exact to ~1e-7 at any T
-            self._sums.append((block.images, per_row.sum(dim=-1, dtype=torch.float64)))
+            request.masses.add(layout.n_prefix)
 
-    def _row_sums(self, block: AttentionBlock) -> torch.Tensor:
-        """Σ_t p·D of each row (b, heads, r), one float32 dot of T terms per row (a batched matmul, 4× faster
-        than ``vecdot``); shared through the block's memo by both conventions."""
-        key = ("distance_rows", self._layout)
-        if key not in block.memo:
-            block.memo[key] = torch.einsum("bhrt,rt->bhr", block.probs, self._d[block.rows])
-        return block.memo[key]
-
-    def finish(self) -> torch.Tensor:
+    def reduce(self, result: LayerResult, layout: TokenLayout) -> torch.Tensor:
+        p = layout.n_prefix
+        per_row = result.dots["patch_distance"][..., p:]  # prefix rows of D are 0
         if self.renormalize:
-            rows, self._rows = self._rows, None
-            return rows[..., self._layout.n_prefix :].mean(dim=-1, dtype=torch.float64).float()
-        total = torch.zeros(self._shape, dtype=torch.float64, device=self._d.device)
-        for images, sums in self._sums:
-            total[images] += sums
-        self._sums = []
-        return (total / self._layout.n_patches).float()
+            mass = result.masses[p][..., p:].clamp_min(torch.finfo(torch.float32).tiny)
+            return (per_row / mass).mean(dim=-1, dtype=torch.float64).float()
+        return (per_row.sum(dim=-1, dtype=torch.float64) / layout.n_patches).float()
+
+
+@functools.lru_cache(maxsize=8)
+def _cached_distances(layout: TokenLayout, device: torch.device) -> torch.Tensor:
+    """``patch_distances`` kept for the layouts in use (one (T, T) matrix each: 7.5 MB at T = 1370)."""
+    return patch_distances(layout, device)

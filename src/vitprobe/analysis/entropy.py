@@ -10,17 +10,17 @@
 - ``spread_levels``: images split into four levels by the quartiles of their map entropy;
   level 1 holds the most focused quarter, level 4 the most spread.
 
-``RowEntropy`` is the streamed form of the row entropies, reduced block by block during a capture
-(dataset runs use it): per layer (B, heads, T), read from the scores the softmax already shifted,
-H = log Σ exp(s − m) − Σ p·(s − m) (one dot product per row, no logarithm per element). Its CLS
-entry and its mean over rows are ``cls_entropy`` and ``rows_entropy``.
+``RowEntropy`` is the streamed form of the row entropies, computed by the attention kernel during a
+capture (dataset runs use it): per layer (B, heads, T), H = log Σ exp(s − m) − Σ p·(s − m) of each
+row's scores s and their maximum m (one dot product per row, no logarithm per element). Its CLS entry
+and its mean over rows are ``cls_entropy`` and ``rows_entropy``.
 """
 
 from __future__ import annotations
 
 import torch
 
-from ..capture import AttentionBlock, RowReducer
+from ..kernels.base import LayerRequest, LayerResult, RowStatReducer
 from ..layout import TokenLayout
 from .accumulate import Accumulator
 
@@ -43,19 +43,14 @@ def rows_entropy(attn: torch.Tensor) -> torch.Tensor:
     return torch.stack([entropy(a).mean(dim=-1) for a in attn])
 
 
-class RowEntropy(RowReducer):
-    """Entropy (natural log) of every attention row, streamed: per layer (B, heads, T), in [0, log T]."""
+class RowEntropy(RowStatReducer):
+    """Entropy (natural log) of every attention row, computed by the kernel: per layer (B, heads, T), in [0, log T]."""
 
-    def start(self, batch: int, heads: int, layout: TokenLayout, device: torch.device) -> None:
-        self._out = torch.empty(batch, heads, layout.n_tokens, device=device)
+    def ask(self, request: LayerRequest, layout: TokenLayout, device: torch.device) -> None:
+        request.entropy = True
 
-    def update(self, block: AttentionBlock) -> None:
-        expected = torch.linalg.vecdot(block.probs, block.shifted)
-        self._out[block.images, :, block.rows] = block.log_z - expected
-
-    def finish(self) -> torch.Tensor:
-        out, self._out = self._out, None
-        return out
+    def reduce(self, result: LayerResult, layout: TokenLayout) -> torch.Tensor:
+        return result.entropy
 
 
 def map_entropy(maps: torch.Tensor) -> torch.Tensor:

@@ -298,6 +298,7 @@ class VitModel:
             logits=torch.cat(logits) if logits else None,
             pixels=pixels,
             n_layers=self.num_layers,
+            kernels=tuple(sorted(set().union(*(r.kernels for r in parts)))),
         )
 
     def describe(self) -> dict:

