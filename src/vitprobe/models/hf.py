@@ -4,10 +4,12 @@ transformers' own ``from_pretrained`` (no remote code) and wrapped as a ``VitMod
 from __future__ import annotations
 
 import importlib
-import json
 import logging
 import math
 import pkgutil
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
 
 import torch
 import transformers
@@ -19,6 +21,7 @@ from ..hub import locate
 from ..io.preprocess import PreprocessSpec
 from . import huggingface
 from .base import Rebuild, UnsupportedModelError, VitModel
+from .files import DamagedModel, check_safetensors, first_line, read_json
 from .huggingface.spec import FAMILIES, HfFamily
 
 log = logging.getLogger(__name__)
@@ -184,23 +187,122 @@ def wrap(module: nn.Module, name: str, preprocess: PreprocessSpec | None = None,
     )
 
 
-def _processor_dict(spec: str, local_only: bool) -> dict | None:
+def _cached(spec: str, filename: str, local_only: bool) -> Path | None:
+    """``filename`` of a hub id (from the cache, or fetched) or of a local directory; None where it has none."""
     path = transformers.utils.cached_file(
-        spec, "preprocessor_config.json", _raise_exceptions_for_missing_entries=False, local_files_only=local_only,
+        spec, filename, _raise_exceptions_for_missing_entries=False, local_files_only=local_only,
     )
-    if path is None:
-        return None
-    with open(path) as f:
-        return json.load(f)
+    return None if path is None else Path(path)
+
+
+def check_weights(directory: Path) -> Path:
+    """The weights of a local model directory (``model.safetensors``, its shards, or ``pytorch_model.bin``),
+    every safetensors header read; ``DamagedModel`` when there are none or one is truncated or damaged."""
+    index = directory / "model.safetensors.index.json"
+    if index.is_file():
+        weight_map = read_json(index).get("weight_map")
+        if not isinstance(weight_map, dict) or not weight_map:
+            raise DamagedModel(f"{index}: no weight_map naming the weight files")
+        for shard in sorted(set(weight_map.values())):
+            check_safetensors(directory / shard)
+        return index
+    for name in ("model.safetensors", "pytorch_model.bin"):
+        if (directory / name).is_file():
+            if name.endswith(".safetensors"):
+                check_safetensors(directory / name)
+            return directory / name
+    raise DamagedModel(f"{directory}: no weights (model.safetensors or pytorch_model.bin)")
+
+
+def check_processor(proc: dict, config, path: Path) -> None:
+    """``DamagedModel`` for an image-processor config that contradicts the model's config: a mean or std
+    without one number per input channel, a zero std, another patch size, or a size that is no positive
+    whole number."""
+    channels = getattr(config, "num_channels", 3)
+    for key in ("image_mean", "image_std"):
+        values = proc.get(key)
+        numbers = isinstance(values, list) and all(isinstance(v, (int, float)) and not isinstance(v, bool)
+                                                    for v in values)
+        if values is not None and (not numbers or len(values) != channels):
+            raise DamagedModel(f"{path}: {key} {values!r} is not one number for each of the model's {channels} "
+                               "input channels")
+    if 0 in (proc.get("image_std") or []):
+        raise DamagedModel(f"{path}: image_std {proc['image_std']} holds a zero (pixels would be divided by it)")
+    patch = config.patch_size if isinstance(config.patch_size, int) else config.patch_size[0]
+    if proc.get("patch_size", patch) != patch:
+        raise DamagedModel(f"{path}: patch_size {proc['patch_size']} contradicts the model's patch size {patch} "
+                           "(config.json)")
+    for key in ("size", "crop_size"):
+        entries = proc.get(key) or {}
+        sides = entries.items() if isinstance(entries, dict) else [(key, entries)]
+        for side, value in sides:
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise DamagedModel(f"{path}: {key} {side} is {value!r}, not a positive number of pixels")
+
+
+@contextmanager
+def _quiet_transformers() -> Iterator[None]:
+    """transformers' loading report (a table over many lines) unsaid: what it reports is raised or warned in one."""
+    level = transformers.utils.logging.get_verbosity()
+    transformers.utils.logging.set_verbosity_error()
+    try:
+        yield
+    finally:
+        transformers.utils.logging.set_verbosity(level)
+
+
+def _from_pretrained(cls, spec: str, local_only: bool, weights: Path | None, **kwargs) -> nn.Module:
+    """``cls.from_pretrained`` with each way the weights can fail the config in one line naming ``weights``
+    (the local file; the spec for a hub id): shapes that differ raise ``DamagedModel``; weights the file
+    lacks (left at their random start) give one warning."""
+    from safetensors import SafetensorError
+
+    where = weights or spec
+    with _quiet_transformers():
+        try:
+            module, info = cls.from_pretrained(spec, trust_remote_code=False, local_files_only=local_only,
+                                               output_loading_info=True, ignore_mismatched_sizes=True, **kwargs)
+        except (OSError, RuntimeError, ValueError, TypeError, SafetensorError) as err:
+            raise DamagedModel(f"{where}: {first_line(err)}") from None
+    mismatched = sorted(info["mismatched_keys"], key=lambda entry: entry[0])
+    if mismatched:
+        key, in_file, in_model = mismatched[0]
+        raise DamagedModel(f"{where}: {len(mismatched)} weights do not match the shapes of config.json, first {key}: "
+                           f"{tuple(in_file)} in the file, {tuple(in_model)} from the config")
+    missing = sorted(info["missing_keys"])
+    if missing:
+        log.warning("%s: %d weights of the model are not in the file and start random (first: %s)", where,
+                    len(missing), missing[0])
+    return module
 
 
 def load_hf(spec: str, attn_implementation: str | None = None) -> VitModel:
-    """Load a hub id or local directory with transformers' own from_pretrained (no remote code)."""
+    """Load a hub id or local directory with transformers' own from_pretrained (no remote code). A damaged
+    folder raises ``DamagedModel`` in one line naming the file: a config.json or preprocessor_config.json
+    that is not JSON, no weights, truncated weights, weights of other shapes than the config's, or an image
+    processor that contradicts the model; a model type vitprobe has no family for is ``UnsupportedModelError``."""
     local_only = locate(spec)
-    config = transformers.AutoConfig.from_pretrained(spec, trust_remote_code=False, local_files_only=local_only)
-    family = family_of(config.model_type)
+    config_path = _cached(spec, "config.json", local_only)
+    if config_path is None:
+        raise DamagedModel(f"{spec}: no config.json")
+    model_type = read_json(config_path).get("model_type")
+    if not isinstance(model_type, str):
+        raise DamagedModel(f"{config_path}: no model_type saying which model this is")
+    try:
+        family = family_of(model_type)
+    except UnsupportedModelError as err:
+        raise UnsupportedModelError(f"{config_path}: {err}") from None
+    try:
+        config = transformers.AutoConfig.from_pretrained(spec, trust_remote_code=False, local_files_only=local_only)
+    except (OSError, ValueError, TypeError, KeyError) as err:
+        raise DamagedModel(f"{config_path}: {first_line(err)}") from None
+    processor_path = _cached(spec, "preprocessor_config.json", local_only)
+    processor = read_json(processor_path) if processor_path is not None else None
+    if processor is not None:
+        check_processor(processor, vision_config(config), processor_path)
+    weights = check_weights(config_path.parent) if Path(spec).expanduser().is_dir() else None
     arch = (config.architectures or [""])[0]
     cls = getattr(transformers, arch) if arch in family.classes else transformers.AutoModel
     kwargs = {"attn_implementation": attn_implementation} if attn_implementation else {}
-    module = cls.from_pretrained(spec, trust_remote_code=False, local_files_only=local_only, **kwargs)
-    return wrap(module, spec, preprocess_from_dict(_processor_dict(spec, local_only), vision_config(config)), spec)
+    module = _from_pretrained(cls, spec, local_only, weights, **kwargs)
+    return wrap(module, spec, preprocess_from_dict(processor, vision_config(config)), spec)

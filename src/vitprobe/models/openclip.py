@@ -23,6 +23,7 @@ from torch import nn
 from ..capture import AttentionSite
 from ..io.preprocess import PreprocessSpec
 from .base import Rebuild, UnsupportedModelError, VitModel
+from .files import load_state
 
 log = logging.getLogger(__name__)
 
@@ -188,12 +189,5 @@ def load_openclip(spec: str) -> VitModel:
     if source == "random":
         log.warning("%s has random weights: its maps show an untrained model", architecture)
     else:
-        path = Path(source)
-        if path.suffix != ".safetensors":
-            raise ValueError(f"local open_clip weights must be a .safetensors file, got {path}")
-        if not path.is_file():
-            raise ValueError(f"{path}: no such file")
-        from safetensors.torch import load_file
-
-        model.load_state_dict(load_file(str(path)), strict=True)
+        load_state(model, Path(source))
     return wrap(model, f"openclip:{spec}", architecture)

@@ -25,6 +25,7 @@ from torch import nn
 from ..capture import AttentionSite, CaptureError, PoolSite, query_row_probs
 from ..io.preprocess import PreprocessSpec
 from .base import Rebuild, UnsupportedModelError, VitModel
+from .files import load_state
 
 log = logging.getLogger(__name__)
 
@@ -319,14 +320,5 @@ def load_timm(spec: str) -> VitModel:
     if source == "random":
         log.warning("%s has random weights: its maps show an untrained model", name)
     elif source:
-        _load_state(module, Path(source))
+        load_state(module, Path(source))
     return wrap(module, f"timm:{spec}")
-
-
-def _load_state(module: nn.Module, path: Path) -> None:
-    """Load a local safetensors state dict (never a pickle) into the model, all keys required."""
-    from safetensors.torch import load_file
-
-    if path.suffix != ".safetensors":
-        raise ValueError(f"local timm weights must be a .safetensors file, got {path}")
-    module.load_state_dict(load_file(str(path)), strict=True)
