@@ -7,10 +7,14 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from scipy.sparse import csr_matrix
+from scipy.sparse.csgraph import maximum_flow
 
 import vitprobe as vp
-from vitprobe.analysis.flow import attention_flow
+from vitprobe.analysis import flow
+from vitprobe.analysis.flow import FlowGraph, attention_flow, capacities
 from vitprobe.layout import TokenLayout
+from vitprobe.methods.flow import SLOW_S, SlowHint
 
 
 def reference_flow(fused: np.ndarray, cls: int, n_prefix: int) -> np.ndarray:
@@ -34,16 +38,71 @@ def random_attention(n_layers: int, batch: int, t: int, seed: int, peak: float =
     return (torch.randn(n_layers, batch, t, t, generator=g, dtype=torch.float64) * peak).softmax(-1)
 
 
-@pytest.mark.parametrize(("prefix", "grid"), [(("cls",), (2, 3)), (("cls", "reg0", "reg1"), (3, 3))])
-def test_flow_equals_networkx_in_float64(prefix, grid):
+def full_graph_flows(fused: np.ndarray, sink: int, n_prefix: int) -> np.ndarray:
+    """The whole layered graph in scipy, one max-flow per patch (the approach before the subgraphs):
+    fused (L, T, T) of one image -> each patch token's integer flow to (L, sink)."""
+    cap = capacities(torch.from_numpy(fused))
+    n_layers, t, _ = cap.shape
+    layer, i, j = np.nonzero(cap)  # edge (layer, j) -> (layer + 1, i)
+    n = (n_layers + 1) * t
+    graph = csr_matrix((cap[layer, i, j], (layer * t + j, (layer + 1) * t + i)), shape=(n, n))
+    sink_node = n_layers * t + sink
+    return np.array([maximum_flow(graph, j, sink_node, method="dinic").flow_value for j in range(n_prefix, t)])
+
+
+@pytest.mark.parametrize(("prefix", "grid", "n_layers", "peak"),
+                         [(("cls",), (2, 3), 3, 2.0), (("cls", "reg0", "reg1"), (3, 3), 3, 2.0),
+                          (("cls",), (4, 4), 4, 4.0)])  # the last needs edges added to the subgraphs
+def test_flow_equals_networkx_in_float64(prefix, grid, n_layers, peak):
     layout = TokenLayout(prefix, grid, 16)
-    fused = random_attention(3, 2, layout.n_tokens, seed=len(prefix))
+    fused = random_attention(n_layers, 2, layout.n_tokens, seed=len(prefix), peak=peak)
     ours = attention_flow(fused, layout)
     assert ours.shape == (2, *grid) and ours.dtype == torch.float64
     for b in range(2):
         ref = reference_flow(fused[:, b].numpy(), 0, len(prefix)).reshape(grid)
         np.testing.assert_allclose(ours[b].numpy(), ref, atol=1e-6, rtol=0)
     assert ours.std() > 1e-3  # not a constant map
+
+
+def test_subgraph_flows_equal_the_full_graph_and_both_certificates_are_used(monkeypatch):
+    solves = []
+    monkeypatch.setattr(flow, "maximum_flow", lambda *a, **k: solves.append(1) or maximum_flow(*a, **k))
+    added = below = 0
+    cases = [(10, 4, 8.0, 0), (17, 3, 2.0, 1), (17, 6, 8.0, 2), (26, 4, 4.0, 3), (26, 2, 4.0, 4)]  # (T, L, peak, seed)
+    for t, n_layers, peak, seed in cases:
+        fused = random_attention(n_layers, 1, t, seed=seed, peak=peak)[:, 0]
+        graph = FlowGraph(capacities(fused), 0)
+        for j in range(1, t):
+            solves.clear()
+            value = graph.max_flow(j)
+            added += len(solves) > 1  # the subgraph's cut was crossed by full-graph edges: they were added
+            upper = min(graph.capacity[0, :, j].sum(dtype=np.int64), graph.sink_in)
+            below += value < upper  # exact by the subgraph's minimum cut, not by the two simple cuts
+        ours = np.array([graph.max_flow(j) for j in range(1, t)])
+        np.testing.assert_array_equal(ours, full_graph_flows(fused.numpy(), 0, 1))
+    assert added > 10 and below > 10
+
+
+def test_flow_sink_need_not_be_token_zero():
+    layout = TokenLayout(("reg0", "cls"), (2, 3), 16)
+    fused = random_attention(4, 1, layout.n_tokens, seed=6, peak=4.0)
+    ours = attention_flow(fused, layout)[0].flatten().numpy()
+    np.testing.assert_array_equal(ours * flow.SCALE, full_graph_flows(fused[:, 0].numpy(), 1, 2))
+    np.testing.assert_allclose(ours, reference_flow(fused[:, 0].numpy(), 1, 2), atol=1e-6, rtol=0)
+
+
+def test_slow_hint_writes_one_line_once_the_estimate_passes_the_limit():
+    def run(total: int, per_flow: float) -> list[str]:
+        now, lines = [0.0], []
+        hint = SlowHint(total, lines.append, clock=lambda: now[0])
+        for _ in range(total):
+            now[0] += per_flow
+            hint()
+        return lines
+    assert run(1024, 0.005) == []  # about 5 s
+    slow = run(1024, 0.6)  # about 10 min
+    assert len(slow) == 1 and "--size" in slow[0] and "--start-layer" in slow[0] and f"{1024 * 0.6:.0f} s" in slow[0]
+    assert run(100, SLOW_S / 100 * 0.9) == []  # just under the limit
 
 
 def test_flow_oracles_identity_one_layer_and_a_bottleneck():
