@@ -13,6 +13,7 @@ from tests.test_streaming import float64_distance, float64_entropy, float64_roll
 from vitprobe import bench
 from vitprobe.bench import Config, Measurement, ModelSpec
 from vitprobe.cli import app
+from vitprobe.kernels import resolve_kernel
 
 TINY = {
     "dinov2": ModelSpec("tiny-dinov2", "dinov2", hidden=32, layers=3, heads=4, patch=8, image=32, init_std=0.3),
@@ -87,19 +88,24 @@ def test_memory_arithmetic():
 
 
 def test_oversized_run_is_reported_not_started(tmp_path):
-    m = bench.measure(bench.MODELS["DINOv2-L/14"], 8, "seed", "float32", Config(), tmp_path)
+    [m] = bench.measure(bench.MODELS["DINOv2-L/14"], 8, "seed", "float32", Config(), tmp_path)
     assert m.seconds is None and m.note.startswith("OOM: needs ≈ ") and "23.1 GB" in m.note
     assert not list(tmp_path.iterdir())
 
 
 def test_child_processes_measure_and_compare(tmp_path):
     cfg = Config(models=[TINY["dinov2"]], batches=[2], methods=("plain", "seed", "rollout", "full"), repeats=1,
-                 workdir=tmp_path)
+                 workdir=tmp_path, kernels=("auto", "torch"))
     lines: list[str] = []
     report = bench.run_benchmark(cfg, echo=lines.append)
     rows = [line for line in report.splitlines() if line.startswith("| tiny-dinov2")]
-    assert len(rows) == 4 and "Machine:" in report and lines
+    assert len(rows) == 6 and "Machine:" in report and lines
     cells = [row.split("|") for row in rows]
+    auto = resolve_kernel(torch.device("cpu"))
+    assert [c[4].strip() for c in cells] == [  # each method under every kernel, the kernel that ran named
+        "(a) plain fused forward", "(b) seed: eager + output_attentions, numpy", f"(d) vp.attribute: rollout [{auto}]",
+        "(d) vp.attribute: rollout [torch]", f"(d) analyze's batch: full workload [{auto}]",
+        "(d) analyze's batch: full workload [torch]"]
     assert all(float(c[5]) > 0 and float(c[8]) > 0.1 for c in cells)  # images/s, peak RSS in GB
     assert cells[0][9].strip() == "–" and all(float(c[9]) <= 1e-5 for c in cells[2:])  # plain: no maps
 
@@ -121,27 +127,32 @@ def test_targets_are_checked():
     table = {
         ("DINOv2-S/14", 8, "float32"): {"plain": m("plain", 1.0), "seed": m("seed", 0.2), "cls": m("cls", 0.98),
                                         "full": m("full", 0.67)},
-        ("DINOv2-L/14", 8, "float32"): {"plain": m("plain", 1.0), "full": m("full", 0.81)},
+        ("DINOv2-L/14", 8, "float32"): {"plain": m("plain", 1.0), "full": m("full", 0.91)},
         ("ViT-B/16", 1, "float32"): {"plain": m("plain", 1.0), "cls": m("cls", 0.9), "full": m("full", 0.1)},
+        ("DINOv2-S/14@1022", 1, "float32"): {"full": m("full", 0.69), "rollout": m("rollout", 0.5)},
     }
     assert bench.check_targets(table, "cpu") == [
         "- DINOv2-S/14 b8 float32 cls: 0.98× (a), target ≥ 0.97: met",
         "- DINOv2-S/14 b8 float32 full: 0.67× (a), target ≥ 0.85: MISSED",
         "- DINOv2-S/14 b8 float32 full: 3.35× the speed of (b)",
-        "- DINOv2-L/14 b8 float32 full: 0.81× (a), target ≥ 0.80: met",
+        "- DINOv2-L/14 b8 float32 full: 0.91× (a), target ≥ 0.90: met",
         "- ViT-B/16 b1 float32 cls: 0.90× (a), target ≥ 0.97: MISSED",
+        "- DINOv2-S/14@1022 b1 float32 full: 0.69× (a), target ≥ 0.70: MISSED",
     ]
 
 
 def test_config_rejects_unknown_names():
     args = argparse.Namespace(models="DINOv2-S/14", batches="1", device="cpu", dtypes=None, methods="plain,full",
-                              repeats=1, cap_gib=20.0)
+                              kernels="auto,torch", repeats=1, cap_gib=20.0)
     cfg = bench.config_from(args)
     assert [s.name for s in cfg.models] == ["DINOv2-S/14"] and cfg.dtypes == ["float32"]
     with pytest.raises(ValueError, match="unknown model"):
         bench.config_from(argparse.Namespace(**{**vars(args), "models": "ViT-H/14"}))
     with pytest.raises(ValueError, match="methods"):
         bench.config_from(argparse.Namespace(**{**vars(args), "methods": "plain,magic"}))
+    assert cfg.kernels == ["auto", "torch"]
+    with pytest.raises(ValueError, match="kernels must be among auto, cpp, triton, torch"):
+        bench.config_from(argparse.Namespace(**{**vars(args), "kernels": "cuda"}))
 
 
 def test_cli_bench_registered_and_validates():

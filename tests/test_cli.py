@@ -9,12 +9,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 from typer.testing import CliRunner
 
 from tests.corpus import as_shown, assert_one_line_per_bad_file, make_bad_corpus
 from vitprobe.cli import app
 from vitprobe.io.samples import write_samples
+from vitprobe.kernels import resolve_kernel
 
 runner = CliRunner()
 
@@ -52,6 +54,7 @@ def test_explain_real_photos_with_offline_model(photos, tmp_path):
     assert summary["prefix_tokens"] == ["cls"] and summary["input_hw"] == [448, 448]
     assert summary["geometry"]["original_hw"] == [300, 451]
     assert summary["colour_scale"] == "each map from its min to its 99th percentile"
+    assert summary["attention_kernel"] == resolve_kernel(torch.device("cpu"))  # "cpp" wherever it compiles
     assert summary["figures"] == ["cls.png", "layers.png", "rollout.png"]
     assert [m["title"] for m in summary["methods"]] == [
         "CLS attention, layer 11, heads fused by mean", "mean over layers of the CLS maps, heads fused by mean",

@@ -12,6 +12,7 @@ import numpy as np
 
 from . import render
 from .io.files import atomic_write, atomic_write_text
+from .kernels import resolve_kernel
 from .memory import one_item
 from .methods import MethodSpec, attribute
 from .models.base import ImageInput, VitModel
@@ -69,6 +70,7 @@ def explain_image(model: VitModel, image: ImageInput, out_dir: Path, opts: Expla
         "methods": described,
         "figures": figures,
         "colour_scale": opts.style.describe(),
+        "attention_kernel": resolve_kernel(model.device),
         "maps": "raw values on the patch grid (H, W), prefix tokens dropped, not renormalised",
     }
     top = first.top(0, opts.top_k)

@@ -14,6 +14,9 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Callable
+from importlib import import_module
+from importlib.util import find_spec
+from types import ModuleType
 
 import torch
 
@@ -44,39 +47,32 @@ def _notice(reason: str) -> None:
         log.warning("%s; attention statistics use the torch-op kernel", reason)
 
 
-def select_kernel(device: torch.device, request: LayerRequest) -> Kernel:
-    """The kernel that computes ``request`` for tensors on ``device``, as ``VITPROBE_KERNEL`` asks."""
-    from . import torch_ops
-
+def resolve_kernel(device: torch.device, request: LayerRequest | None = None) -> str:
+    """The name of the kernel ("cpp", "triton" or "torch") that computes ``request`` (any request: None) for
+    tensors on ``device``, as ``VITPROBE_KERNEL`` asks; one log line, once, where the asked one cannot run."""
     choice = kernel_choice()
-    if choice == "torch" or request.block_reducers:
-        return torch_ops.attend
+    if choice == "torch" or (request is not None and request.block_reducers):
+        return "torch"
     if choice == "auto":
-        choice = "cpp" if device.type == "cpu" else "triton" if device.type == "cuda" else "torch"
-        if choice == "triton" and not _triton_importable():
-            return torch_ops.attend
-    if choice == "cpp":
-        from . import cpp
-
-        reason = cpp.unavailable(device)
-        if reason is None:
-            return cpp.attend
-    elif choice == "triton":
-        from . import triton
-
-        reason = triton.unavailable(device)
-        if reason is None:
-            return triton.attend
-    else:
-        return torch_ops.attend
-    _notice(reason)
-    return torch_ops.attend
+        choice = {"cpu": "cpp", "cuda": "triton"}.get(device.type, "torch")
+        if choice == "triton" and find_spec("triton") is None:
+            return "torch"
+    if choice == "torch":
+        return "torch"
+    reason = _implementation(choice).unavailable(device)
+    if reason is not None:
+        _notice(reason)
+        return "torch"
+    return choice
 
 
-def _triton_importable() -> bool:
-    from importlib.util import find_spec
+def select_kernel(device: torch.device, request: LayerRequest) -> Kernel:
+    """The kernel that computes ``request`` for tensors on ``device`` (see ``resolve_kernel``)."""
+    return _implementation(resolve_kernel(device, request)).attend
 
-    return find_spec("triton") is not None
+
+def _implementation(name: str) -> ModuleType:
+    return import_module(f".{'torch_ops' if name == 'torch' else name}", __name__)
 
 
-__all__ = ["KERNELS", "Kernel", "kernel_choice", "select_kernel"]
+__all__ = ["KERNELS", "Kernel", "kernel_choice", "resolve_kernel", "select_kernel"]
