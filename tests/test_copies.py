@@ -92,6 +92,20 @@ def test_a_copy_of_a_model_moved_to_another_dtype_keeps_that_dtype_and_its_maps(
     assert not torch.equal(vp.attribute(twin, photo, method="cls").maps, before["cls"])
 
 
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("how", sorted(COPIES))
+def test_a_copy_of_a_model_on_the_gpu_stays_there_with_its_maps(tiny_dirs, photo, how):
+    original = vp.load(str(tiny_dirs["vit"]), device="cuda")
+    before = {name: vp.attribute(original, photo, method=name).maps for name in ("cls", "rollout", "legrad")}
+    twin = COPIES[how](original)
+    assert twin.device.type == "cuda" and twin.patch_weight.device.type == "cuda"
+    for name, maps in before.items():
+        torch.testing.assert_close(vp.attribute(twin, photo, method=name).maps, maps, rtol=0, atol=1e-6)
+    randomise(twin)
+    assert not torch.equal(vp.attribute(twin, photo, method="cls").maps, before["cls"])
+
+
 def test_load_with_a_dtype_reads_the_patch_weights_of_the_moved_module(tiny_dirs):
     model = vp.load(str(tiny_dirs["vit"]), dtype=torch.float64)
     assert model.patch_weight.dtype == torch.float64
