@@ -12,6 +12,7 @@
 
 #include <dlfcn.h>
 
+#include <atomic>
 #include <cmath>
 #include <cstring>
 #include <vector>
@@ -130,9 +131,14 @@ void attend(const at::Tensor& q, const at::Tensor& k, const c10::optional<at::Te
   const float inv_heads = 1.0f / static_cast<float>(H);
   const float fscale = static_cast<float>(scale);
 
-  at::parallel_for(0, B * tiles, 1, [&](int64_t begin, int64_t end) {
+  // Tasks are taken one at a time from a shared counter, not split into equal runs up front: on a machine
+  // that other processes share, a descheduled thread then leaves its tasks to the others instead of
+  // holding up the whole layer.
+  std::atomic<int64_t> next_task{0};
+  const int64_t n_tasks = B * tiles;
+  at::parallel_for(0, at::get_num_threads(), 1, [&](int64_t, int64_t) {
     std::vector<float> scores(rows_per_tile * T);
-    for (int64_t task = begin; task < end; ++task) {
+    for (int64_t task = next_task++; task < n_tasks; task = next_task++) {
       const int64_t b = task / tiles;
       const int64_t r0 = (task % tiles) * rows_per_tile;
       const int64_t r = std::min(rows_per_tile, T - r0);
