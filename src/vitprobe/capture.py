@@ -34,6 +34,7 @@ from .fusion import FUSIONS
 from .io.preprocess import Geometry
 from .kernels import select_kernel
 from .kernels.base import LayerRequest, RowReducer, RowStatReducer
+from .kernels.buffers import empty_buffer
 from .kernels.torch_ops import attention_probs, query_row_probs
 from .layout import TokenLayout
 
@@ -405,7 +406,7 @@ class AttentionRecorder:
         """The (B, T, T) slice of ``layer`` in one (L, B, T, T) tensor per fusion, so stacking copies nothing."""
         stack = self._fused_stack.get(how)
         if stack is None or stack.shape[1:] != shape:
-            stack = self._fused_stack[how] = torch.empty(len(self.layers), *shape, device=device)
+            stack = self._fused_stack[how] = empty_buffer((len(self.layers), *shape), device)
         return stack[self.layers.index(layer)]
 
     def finish(self) -> None:
