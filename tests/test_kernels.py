@@ -195,3 +195,26 @@ def test_tiles_give_every_thread_work():
     assert cpp.tile_rows(1, 1025, 2) == 63  # 127 rows would give 9 tasks to 2 threads: halved to 17
     assert cpp.tile_rows(1, 5330, 64) == 16  # at least 16 rows
     assert cpp.tile_rows(4, 14, 2) == 14  # never more rows than tokens
+
+
+def test_large_buffers_are_reused_only_once_nothing_refers_to_them():
+    from vitprobe.kernels import buffers
+
+    buffers.release()
+    shape = (2, 4, 2048, 2048)  # 128 MiB: above the reuse threshold
+    first = buffers.empty_buffer(shape)
+    address = first.data_ptr()
+    second = buffers.empty_buffer(shape)
+    assert second.data_ptr() != address  # the first is in use
+    view = first[1]
+    del first
+    assert buffers.empty_buffer(shape).data_ptr() != address  # a view still refers to it
+    del view, second
+    again = buffers.empty_buffer(shape)
+    assert again.data_ptr() == address and again.shape == shape
+    assert len(buffers._pool) == 1  # the other free one was dropped
+    small = buffers.empty_buffer((4, 4))
+    assert small.shape == (4, 4) and len(buffers._pool) == 1
+    del again
+    buffers.release()
+    assert buffers._pool == []
