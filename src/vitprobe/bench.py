@@ -286,10 +286,12 @@ def run_child(job: dict) -> dict:
     """Measure one method in this process, under each attention kernel of ``job["kernels"]``, and save its
     maps to ``maps_path`` (one file per kernel).
 
-    After a one-image warm-up, each round times the method under every kernel and the plain forward back
-    to back (rotating which goes first), so every ratio compares runs under the same machine load;
-    rounds stop after ``repeats`` or once a single run took longer than ``long_s``. Peak memory covers the
-    rounds (all kernels together), whose plain runs never hold more than the method's.
+    After a warm-up on the whole batch (so that what vitprobe keeps between batches of a dataset run, such
+    as the head-fused stack's memory, is in place as in ``analyze``'s steady state), each round times the
+    method under every kernel and the plain forward back to back (rotating which goes first), so every
+    ratio compares runs under the same machine load; rounds stop after ``repeats`` or once a single run
+    took longer than ``long_s``. Peak memory covers the rounds (all kernels together), whose plain runs
+    never hold more than the method's.
     """
     from .kernels import resolve_kernel
 
@@ -314,7 +316,7 @@ def run_child(job: dict) -> dict:
         return time.perf_counter() - start, out
 
     for name in names:
-        timed(name, images[:1])
+        timed(name, images if method not in EAGER else images[:1])
     ran = {}
     for name in variants:
         os.environ["VITPROBE_KERNEL"] = name.partition("@")[2] or "auto"
