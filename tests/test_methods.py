@@ -239,3 +239,14 @@ def test_positions_and_filters_equal_their_float64_definitions(tiny_dirs):
     assert [ax.get_title() for ax in fig.axes if ax.images][:3] == ["image", "response norm", "filters 0-31"]
     with pytest.raises(ValueError, match="needs a model"):
         vp.attribute(model.capture(image), method="positions")
+
+
+def test_listing_order_does_not_depend_on_which_method_module_is_imported_first():
+    """Importing one method's module before the registry loads (as a test or a script may) keeps the listing."""
+    import subprocess
+    import sys
+
+    code = ("import vitprobe.methods.flow, vitprobe.methods.legrad; from vitprobe.methods import method_names; "
+            "print(','.join(method_names()[:8]))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True)
+    assert out.stdout.strip() == "cls,query,layers,rollout,flow,gradrollout,chefer,legrad"

@@ -351,9 +351,11 @@ def get_method(name: str) -> Method:
 
 
 def method_names() -> list[str]:
-    """Names of every registered method, in registration order."""
+    """Names of every registered method: the built-in ones in ``_LISTED_FIRST`` order, then the others in
+    registration order (whichever module a program imports first)."""
     _load_builtin()
-    return list(_REGISTRY)
+    order = {name: i for i, name in enumerate(_LISTED_FIRST)}
+    return sorted(_REGISTRY, key=lambda name: order.get(name, len(order)))
 
 
 @dataclass(frozen=True)
