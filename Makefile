@@ -31,7 +31,7 @@ $(VENV)/.installed-dev: $(VENV)/.installed
 	$(PIP) -c $(VENV)/constraints.txt -e ".[samples,dev]"
 	$(PIP) -c $(VENV)/constraints.txt --no-deps "timm>=1.0" "open_clip_torch>=2.24"
 	# the libraries the field methods are checked against: without torchvision, bitsandbytes or full OpenCV
-	$(PIP) -c $(VENV)/constraints.txt --no-deps grad-cam==1.5.7 lxt==2.1 quantus==0.6.0
+	$(PIP) -c $(VENV)/constraints.txt --no-deps grad-cam==1.5.7 lxt==2.1 quantus==0.6.0 zennit==0.5.1
 	$(PIP) -c $(VENV)/constraints.txt ftfy regex
 	$(PIP) -c $(VENV)/constraints.txt pyyaml huggingface_hub safetensors
 	touch $@
