@@ -5,7 +5,8 @@ A method is one class in one file of ``vitprobe/methods/``, decorated with ``reg
 - ``name`` (the one short name used in Python, the CLI, the web demo and the docs), ``summary``
   (one line), ``params`` (``Param``s: typed keyword arguments with defaults and one-line docs,
   the same ``Param`` object wherever two methods share a parameter) and ``requires`` (what the
-  model must have: ``"cls"``, ``"classifier"``; ``"gradients"`` when it runs a backward pass);
+  model must have: ``"cls"``, ``"classifier"``; ``"gradients"`` when it runs a backward pass,
+  ``"model"`` when it runs the model itself without one, so no capture can stand in for it);
 - ``needs(subject, params)`` says what one forward pass must record (``Needs``);
 - ``compute(ctx, params)`` turns what was recorded into a ``Result``: maps (B, H, W) on the
   patch grid, named detail tensors, the labelled panels a figure shows, and a title.
@@ -255,12 +256,17 @@ class Context:
             raise ValueError(f"layer {layer} does not exist: {self.model_name} has {self.n_layers} layers")
         return index
 
+    def model_and_pixels(self) -> tuple[VitModel, torch.Tensor]:
+        """The model and its input pixels (B, 3, H, W), for methods that run the model themselves."""
+        if self.model is None or self.pixels is None:
+            raise ValueError("this method runs the model: call vp.attribute(model, images, ...), not on a capture")
+        return self.model, self.pixels
+
     def gradient_pass(self, target: Any) -> GradientPass:
         """The eager pass with ``target``'s score (``targets.gradient_pass``), one per target, shared."""
         from ..targets import gradient_pass
 
-        if self.model is None or self.pixels is None:
-            raise ValueError("gradient methods need the model: call vp.attribute(model, images, ...), not on a capture")
+        self.model_and_pixels()
         if target not in self._passes:
             self._passes[target] = gradient_pass(self.model, self.pixels, target)
         return self._passes[target]
@@ -310,9 +316,10 @@ class Method(ABC):
 
 
 _REGISTRY: dict[str, Method] = {}
-_INFRASTRUCTURE = frozenset({"base", "params", "attribute", "artifacts"})
-_LISTED_FIRST = ("cls", "query", "layers", "rollout", "flow", "gradrollout", "chefer", "legrad", "pool", "positions",
-                 "filters")
+_INFRASTRUCTURE = frozenset({"base", "params", "attribute", "artifacts", "cam", "pixel_attribution"})
+_LISTED_FIRST = ("cls", "query", "layers", "rollout", "flow", "gradrollout", "chefer", "legrad", "attnlrp", "gradcam",
+                 "gradcampp", "scorecam", "eigencam", "integrated_gradients", "input_x_gradient", "occlusion", "pool",
+                 "positions", "filters")
 """Modules imported first, so listings read from raw attention to gradient methods; others follow by name."""
 _loaded = False
 

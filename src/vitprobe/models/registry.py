@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 
 import torch
@@ -66,11 +67,11 @@ def families() -> dict[str, str]:
     return {prefix: help_text for prefix, (_, help_text) in _FAMILIES.items()}
 
 
-def load(spec: str | None = None, *, device: str | torch.device | None = None,
+def load(spec: str | os.PathLike | None = None, *, device: str | torch.device | None = None,
          dtype: torch.dtype | None = None) -> VitModel:
     """Load a model by spec: None/"offline" (the offline default), "<family>:<name>", or a
-    Hugging Face hub id / local directory (same as "hf:<name>")."""
-    spec = spec or DEFAULT_SPEC
+    Hugging Face hub id / local directory (same as "hf:<name>"; a ``Path`` is a directory)."""
+    spec = os.fspath(spec) if spec else DEFAULT_SPEC
     prefix, _, name = spec.partition(":")
     hf = hf_name(spec)
     if hf is not None:

@@ -190,7 +190,7 @@ class DemoBackend:
         needs (a new capture also records every layer's CLS rows, so other layers need no forward)."""
         model = self.model(spec)
         with self._lock:
-            if "gradients" in vp.get_method(method).requires:
+            if {"gradients", "model"} & set(vp.get_method(method).requires):
                 return vp.attribute(model, self.image(key), method=method, **params)
             for cache_key in reversed(self._captures):
                 if cache_key[:2] == (spec, key):
