@@ -53,7 +53,7 @@ def test_explain_with_a_timm_model_and_an_imagenet_label(photo, tmp_path):
         (["--model", "DINOV2", "--method", "chefer", "--target", "3"], "no classification head"),
         (["--model", "VIT", "--method", "chefer", "--target", "zebra"], "no class is labelled 'zebra'"),
         (["--model", "VIT", "--method", "chefer", "--target", "9"], "outside the head's 5 classes"),
-        (["--model", "VIT", "--method", "gradcam"], "unknown method 'gradcam'"),
+        (["--model", "VIT", "--method", "gradcams"], "unknown method 'gradcams'"),
         (["--model", "VIT", "--method", "chefer", "--discard-ratio", "0.5"], "no chosen method (chefer) takes"),
     ],
 )

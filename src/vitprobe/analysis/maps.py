@@ -7,7 +7,7 @@ import torch
 from ..fusion import FUSIONS, fuse_heads, reduce_over
 from ..layout import TokenLayout
 
-__all__ = ["FUSIONS", "aggregate_layers", "cls_maps", "fuse_heads", "query_map", "to_grid"]
+__all__ = ["FUSIONS", "aggregate_layers", "cls_maps", "fuse_heads", "pixels_to_grid", "query_map", "to_grid"]
 
 
 def aggregate_layers(maps: torch.Tensor, how: str = "mean") -> torch.Tensor:
@@ -33,3 +33,12 @@ def cls_maps(cls_rows: torch.Tensor, layout: TokenLayout) -> torch.Tensor:
 def query_map(attn: torch.Tensor, layout: TokenLayout, row: int, col: int) -> torch.Tensor:
     """Attention of the patch at grid (row, col) over the patches: (B, heads, T, T) -> (B, heads, H, W)."""
     return to_grid(attn[..., layout.patch_index(row, col), :], layout)
+
+
+def pixels_to_grid(values: torch.Tensor, grid_hw: tuple[int, int]) -> torch.Tensor:
+    """Pixel attributions (B, C, H_in, W_in) summed over channels and over each patch's pixels -> (B, H, W);
+    the patches are the (H_in / H, W_in / W) squares of the model's input (a remainder is left out)."""
+    gh, gw = grid_hw
+    ph, pw = values.shape[-2] // gh, values.shape[-1] // gw
+    summed = values.sum(dim=1)[:, : gh * ph, : gw * pw]
+    return summed.reshape(len(values), gh, ph, gw, pw).sum(dim=(2, 4))

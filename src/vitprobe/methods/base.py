@@ -45,6 +45,19 @@ class MissingCapture(ValueError):
     """A capture lacks what a method needs (capture again with the options the message names)."""
 
 
+class MissingExtra(ImportError, ValueError):
+    """A method's optional library is not installed; the message is the one-line install hint. A
+    ``ValueError`` too, so every front end reports it as the other refusals of a method."""
+
+
+def import_extra(module: str, extra: str, what: str) -> Any:
+    """Import ``module`` of the ``extra`` (``pip install 'vitprobe[extra]'``), or raise ``MissingExtra``."""
+    try:
+        return importlib.import_module(module)
+    except ImportError:
+        raise MissingExtra(f"{what} needs {module.split('.')[0]}: pip install 'vitprobe[{extra}]'") from None
+
+
 @dataclass(frozen=True)
 class Param:
     """One method parameter: ``name`` (Python keyword; the CLI option is ``--name-with-dashes``),
