@@ -81,9 +81,10 @@ def test_names_and_order(sources):
     assert [p.name for p in shard_items] == [f"{i:06d}.{'jpg' if i % 2 == 0 else 'png'}" for i in range(N_IMAGES)] \
         + ["999999.jpg"]
     assert shard_items[0].parent.name == "shard-000000.tar"
-    rows = list_dataset(sources["saved"], IMAGE_SUFFIXES)
-    assert [(p.parent.name, p.name) for p in rows][2:4] == [("data-00000-of-00002.arrow", "2"),
-                                                              ("data-00001-of-00002.arrow", "0")]
+    rows = list_dataset(sources["saved"], IMAGE_SUFFIXES)  # rows of the folder, over its Arrow files in order
+    assert rows == [sources["saved"] / str(i) for i in range(N_IMAGES)]
+    in_file = sources["saved"] / "data-00001-of-00002.arrow" / "0"  # a row of one Arrow file is read too
+    assert np.array_equal(np.asarray(load_image(in_file)), np.asarray(load_image(rows[3])))
     folder = sorted(sources["folder"].iterdir())
     for listed in (shard_items[:N_IMAGES], list_dataset(sources["parquet"], IMAGE_SUFFIXES), rows):
         for item, file in zip(listed, folder, strict=True):

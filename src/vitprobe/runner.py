@@ -23,6 +23,10 @@ Per image and layer (and head where it applies) the records hold:
 | ``cls_isolated_peak_share`` | layer | share of patches that are isolated peaks of the head-mean CLS map |
 | ``outliers_in_cls_peaks_share`` | layer | share of outlier tokens that are such peaks (NaN: no outlier) |
 
+Images from a table with ``ClassLabel`` columns (``io.datasets``) carry their class names in one more
+column per label column (named like it; ``label_<name>`` where that name is a record column), and the
+aggregates hold per-class means (``classes``).
+
 Memory stays bounded by one batch: attention is reduced per layer as the forward streams; the only
 (T, T) maps kept are the head means (L, B, T, T) that rollout multiplies. A batch that runs out of memory
 goes through the model in halves (``memory.BatchSize``: one warning, the smaller size kept); an image that
@@ -56,7 +60,7 @@ from .analysis.entropy import RowEntropy, SpreadLevels, map_entropy
 from .analysis.maps import cls_maps, to_grid
 from .analysis.rollout import rollout_rows_by_depth
 from .analysis.tokens import ArtifactCounts, artifact_counts
-from .io.datasets import MemberError, is_dataset, list_dataset
+from .io.datasets import Listing, MemberError, class_names, is_dataset, labels_of, reading_column, scan
 from .io.images import IMAGE_SUFFIXES, ImageLoadError, list_images, load_image, printable
 from .io.preprocess import PreprocessSpec, preprocess
 from .io.store import (
@@ -95,6 +99,8 @@ NAN_POLICY = {
                "in JSON); none of these metrics can be NaN for softmax attention",
     "artifacts": "shares of counts pooled over the dataset; outliers_in_peaks is null for a layer where no image "
                  "has an outlier token",
+    "classes": "per label column, class and layer: the mean of a metric over the class's images (and heads), NaN "
+               "values left out (null when none is left); images without a label are counted as unlabelled",
 }
 """How undefined values are handled, written into aggregates.json."""
 
@@ -108,7 +114,8 @@ class AnalyzeOptions:
     """How a dataset run is cut and measured (all but ``workers`` and ``progress`` are in the manifest).
 
     ``size``: resize every image to (H, W) instead of the model's preprocessing; ``spread_layer``:
-    the layer whose ``entropy_cls_map`` sorts images into spread levels (negative: from the end).
+    the layer whose ``entropy_cls_map`` sorts images into spread levels (negative: from the end);
+    ``image_column``: the column images are read from in tables (None: the one ``io.datasets`` finds).
     """
 
     batch_size: int = 16
@@ -119,6 +126,7 @@ class AnalyzeOptions:
     peak_ratio: float = 3.0
     workers: int = 0
     progress: bool = True
+    image_column: str | None = None
 
 
 @dataclass(frozen=True)
@@ -165,21 +173,34 @@ def barrier(ranks: Ranks) -> None:
         dist.barrier()
 
 
-def read_image_list(source: Path) -> list[Path]:
+def read_image_list(source: Path, splits: Sequence[str] | None = None, image_column: str | None = None) -> list[Path]:
     """A folder (searched recursively, sorted), a text file with one image path per line, or dataset
-    containers (``io.datasets``: tar shards, a ``{a..b}`` range of them, Parquet, a ``save_to_disk`` folder).
+    containers (``io.datasets``: tar shards, a ``{a..b}`` range of them, Parquet, a ``save_to_disk`` folder
+    of a ``Dataset`` or a ``DatasetDict``, of which ``splits`` picks splits; ``image_column`` the column
+    of images in tables).
 
     In a list file, blank lines and lines starting with ``#`` are skipped and relative paths are
-    taken relative to the list file's folder.
+    taken relative to the list file's folder. Raises ``ImageLoadError`` (one line naming ``source``).
     """
+    return read_source(source, splits, image_column).items
+
+
+def read_source(source: Path, splits: Sequence[str] | None = None, image_column: str | None = None) -> Listing:
+    """``read_image_list`` with what was found (``io.datasets.Listing``: splits, image and label columns)."""
     if is_dataset(source):
         try:
-            return list_dataset(source, IMAGE_SUFFIXES)
+            return scan(source, IMAGE_SUFFIXES, splits, image_column)
         except (MemberError, FileNotFoundError, ValueError) as err:
             raise ImageLoadError(source, str(err).removeprefix(f"{source}: ")) from None
     source = Path(source)
+    if splits:
+        raise ImageLoadError(source, "splits can only be picked in a DatasetDict folder (one with "
+                                     "dataset_dict.json)")
+    if image_column is not None:
+        raise ImageLoadError(source, "an image column can only be chosen in Parquet files and Hugging Face "
+                                     "datasets")
     if source.is_dir():
-        return list_images([source])
+        return Listing(list_images([source]))
     if not source.is_file():
         raise ImageLoadError(source, "no such file or directory")
     paths = []
@@ -188,14 +209,15 @@ def read_image_list(source: Path) -> list[Path]:
         if entry and not entry.startswith(LIST_COMMENT):
             path = Path(entry).expanduser()
             paths.append(path if path.is_absolute() else source.parent / path)
-    return paths
+    return Listing(paths)
 
 
 class _BatchLoader(Dataset):
     """Item i: (global batch index, [(image index, pixels (3, H, W))], [(file, reason)]) of batch i."""
 
-    def __init__(self, batches: list[tuple[int, list[tuple[int, Path]]]], spec: PreprocessSpec, patch: int) -> None:
-        self.batches, self.spec, self.patch = batches, spec, patch
+    def __init__(self, batches: list[tuple[int, list[tuple[int, Path]]]], spec: PreprocessSpec, patch: int,
+                 image_column: str | None = None) -> None:
+        self.batches, self.spec, self.patch, self.image_column = batches, spec, patch, image_column
 
     def __len__(self) -> int:
         return len(self.batches)
@@ -203,14 +225,15 @@ class _BatchLoader(Dataset):
     def __getitem__(self, i: int):
         index, members = self.batches[i]
         loaded, failures = [], []
-        for image_index, path in members:
-            try:
-                pixels, _, _ = preprocess(load_image(path, draft_side=self.spec.decode_side()), self.spec, self.patch)
-                loaded.append((image_index, pixels))
-            except ImageLoadError as err:
-                failures.append((printable(path), err.reason))
-            except Exception as err:  # any other reason a file cannot be used: recorded, never stops the run
-                failures.append((printable(path), f"{type(err).__name__}: {err}"))
+        with reading_column(self.image_column):  # set here too: worker processes start without it
+            for image_index, path in members:
+                try:
+                    image = load_image(path, draft_side=self.spec.decode_side())
+                    loaded.append((image_index, preprocess(image, self.spec, self.patch)[0]))
+                except ImageLoadError as err:
+                    failures.append((printable(path), err.reason))
+                except Exception as err:  # any other reason a file cannot be used: recorded, never stops the run
+                    failures.append((printable(path), f"{type(err).__name__}: {err}"))
         return index, loaded, failures
 
 
@@ -333,6 +356,25 @@ def long_records(names: Sequence[str], layers: Sequence[int], metrics: dict[str,
     return cols
 
 
+def label_column(name: str) -> str:
+    """The records' column of a label column: its name, ``label_<name>`` where that is a record column."""
+    return f"label_{name}" if name in RECORD_COLUMNS else name
+
+
+def add_labels(labels: dict[str, list], images: Sequence[Path], before: int, per_image: int) -> None:
+    """Extend the label columns of a batch's records (``before`` rows so far) by the class names of
+    ``images`` (``io.datasets.labels_of``), ``per_image`` rows each; a column first seen here is filled
+    with None for the rows before."""
+    for image in images:
+        found = {label_column(k): v for k, v in labels_of(image).items()}
+        for key in found:
+            labels.setdefault(key, [None] * before)
+        for key, values in labels.items():
+            values.extend([found.get(key)] * per_image)
+    for values in labels.values():
+        values.extend([None] * (before + per_image * len(images) - len(values)))
+
+
 def update_accumulators(
     accs: dict[str, Accumulator], metrics: dict[str, torch.Tensor], counts: dict, indices: list[int], spread_pos: int
 ) -> None:
@@ -415,7 +457,8 @@ def run_shard(
     left = sum(len(members) for _, members in todo)
     spread_pos = model.resolve_layers([opts.spread_layer])[0]
     loader = DataLoader(
-        _BatchLoader(todo, spec, model.patch_size), batch_size=None, shuffle=False, num_workers=opts.workers,
+        _BatchLoader(todo, spec, model.patch_size, opts.image_column), batch_size=None, shuffle=False,
+        num_workers=opts.workers,
     )
     desc = "analyze" if not ranks.distributed else f"analyze rank {ranks.rank}/{ranks.world}"
     bar = tqdm(total=mine, initial=mine - left, desc=desc, unit="image", disable=not opts.progress,
@@ -427,6 +470,7 @@ def run_shard(
         for index, loaded, failures in loader:
             accs = make_accumulators(model.num_layers, model.num_heads, "cls" in model.prefix_names)
             columns: dict[str, list] = {key: [] for key in RECORD_COLUMNS}
+            labels: dict[str, list] = {}
             by_size: dict[tuple[int, int], list[tuple[int, torch.Tensor]]] = {}
             for image_index, pixels in loaded:
                 by_size.setdefault(tuple(pixels.shape[-2:]), []).append((image_index, pixels))
@@ -437,8 +481,11 @@ def run_shard(
                     indices = [i for i, _ in group[span]]
                     update_accumulators(accs, metrics, counts, indices, spread_pos)
                     part = long_records([printable(images[i]) for i in indices], layers, metrics)
+                    add_labels(labels, [images[i] for i in indices], len(columns["image"]),
+                               len(part["image"]) // max(1, len(indices)))
                     for key in columns:
                         columns[key].extend(part[key])
+            columns.update(labels)
             store.write_batch(ranks.rank, ranks.world, index, columns, failures, flat_states(accs))
             processed += len(loaded) + len(failures)
             bar.update(len(loaded) + len(failures))
@@ -471,12 +518,55 @@ def finalize(model: VitModel, images: list[Path], store: RunStore, opts: Analyze
         tables.append(table)
         failures.extend(batch_failures)
         merge_flat(accs, states)
-    records = pa.concat_tables(tables) if tables else records_table({k: [] for k in RECORD_COLUMNS})
+    records = (pa.concat_tables(tables, promote_options="default") if tables
+               else records_table({k: [] for k in RECORD_COLUMNS}))
     atomic_write_bytes(store.root / "records.parquet", table_bytes(records))
     write_failures_csv(store.root / "failures.csv", failures)
     aggregates = aggregate_summary(model, images, accs, failures, opts)
+    classes = class_summary(records, class_names(images))
+    if classes:
+        aggregates["classes"] = _clean(classes)
     atomic_write_text(store.root / "aggregates.json", json.dumps(aggregates, indent=1))
     return aggregates
+
+
+def class_summary(records, names: dict[str, list[str]]) -> dict:
+    """Per label column (``names``: its class names in label order): the images of each class and, per
+    metric and layer, the mean of the class's values over its images and heads, NaN left out.
+
+    {column: {"images": {class: n}, "unlabelled": n, "metrics": {metric: {class: [per layer]}}}}, classes
+    in label order (names missing from ``names`` after them, sorted)."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    out: dict[str, dict] = {}
+    for name, known in names.items():
+        column = label_column(name)
+        if column not in records.column_names:
+            continue
+        table = pa.table({"image": records.column("image"), "label": pc.cast(records.column(column), pa.string()),
+                          "metric": pc.cast(records.column("metric"), pa.string()), "layer": records.column("layer"),
+                          "value": records.column("value")})
+        pairs = table.group_by(["image", "label"]).aggregate([])  # one row per image (one label each)
+        unlabelled = pairs.filter(pc.is_null(pairs.column("label"))).num_rows
+        grouped = pairs.filter(pc.is_valid(pairs.column("label"))).group_by(["label"]).aggregate([("image", "count")])
+        counts = dict(zip(grouped.column("label").to_pylist(), grouped.column("image_count").to_pylist(), strict=True))
+        order = [c for c in known if c in counts] + sorted(set(counts) - set(known))
+        kept = table.filter(pc.and_(pc.is_valid(table.column("label")), pc.invert(pc.is_nan(table.column("value")))))
+        # one thread: the sums run in record order, so the means do not depend on the machine's threads
+        means = kept.group_by(["label", "metric", "layer"], use_threads=False).aggregate([("value", "mean")])
+        means = means.to_pylist()
+        n_layers = int(pc.max(table.column("layer")).as_py() or 0) + 1 if table.num_rows else 0
+        present = set(pc.unique(table.column("metric")).to_pylist())
+        metrics: dict[str, dict[str, list]] = {m: {} for m in present}
+        for row in means:
+            per_layer = metrics.setdefault(row["metric"], {}).setdefault(row["label"], [math.nan] * n_layers)
+            per_layer[row["layer"]] = row["value_mean"]
+        ordered = {m: {c: metrics[m].get(c, [math.nan] * n_layers) for c in order}
+                   for m in (*HEAD_METRICS, *LAYER_METRICS) if m in metrics}
+        out[name] = {"column": column, "images": {c: counts[c] for c in order},
+                     "unlabelled": unlabelled, "metrics": ordered}
+    return out
 
 
 def aggregate_summary(
@@ -536,7 +626,7 @@ def run_analysis(
     if opts.batch_size < 1:
         raise ValueError(f"batch size must be at least 1, got {opts.batch_size}")
     images = images[: opts.limit] if opts.limit is not None else list(images)
-    with hold(out, ranks):
+    with hold(out, ranks), reading_column(opts.image_column):
         return _run_locked(model, images, RunStore(out), opts, ranks)
 
 

@@ -11,7 +11,7 @@ from ..cli_common import ModelOpt, check_model_spec, fail, load_model
 
 SOURCE_HELP = ("folder of images (recursive), text file with one path a line, tar shards "
                "('dir/shard-{000000..000099}.tar', quoted), a Parquet file with an image column or a "
-               "Hugging Face save_to_disk folder")
+               "Hugging Face save_to_disk folder (a Dataset, or a DatasetDict: every split)")
 
 
 def register(app: typer.Typer) -> None:
@@ -33,6 +33,10 @@ def register(app: typer.Typer) -> None:
         examples: Annotated[int, typer.Option(help="report: images drawn layer by layer")] = 4,
         device: Annotated[str | None, typer.Option(help="torch device (default: cuda:LOCAL_RANK or cpu)")] = None,
         progress: Annotated[bool, typer.Option(help="show a progress bar")] = True,
+        split: Annotated[list[str] | None, typer.Option(
+            "--split", help="DatasetDict folder: read only this split (repeat for several; default: all)")] = None,
+        image_column: Annotated[str | None, typer.Option(
+            help="Parquet or Hugging Face dataset: the column of images (default: the Image feature)")] = None,
     ) -> None:
         """Measure attention over a dataset: per-image records (Parquet), aggregates, failures and an HTML report.
 
@@ -43,6 +47,7 @@ def register(app: typer.Typer) -> None:
         check_model_spec(model)
         import torch
 
+        from ..io.datasets import reading_column
         from ..io.images import ImageLoadError
         from ..io.store import RunLocked, require
         from ..runner import (
@@ -51,7 +56,7 @@ def register(app: typer.Typer) -> None:
             hold,
             init_distributed,
             ranks_from_env,
-            read_image_list,
+            read_source,
             run_analysis,
         )
 
@@ -66,22 +71,26 @@ def register(app: typer.Typer) -> None:
         except ImportError as err:
             raise fail(str(err)) from None
         try:
-            images = read_image_list(source)
+            listing = read_source(source, split, image_column)
         except ImageLoadError as err:
             raise fail(str(err)) from None
+        images = listing.items
         if not images:
             raise fail(f"no images found in {source}")
         opts = AnalyzeOptions(batch_size=batch_size, limit=limit, size=size, spread_layer=spread_layer,
-                              outlier_ratio=outlier_ratio, peak_ratio=peak_ratio, workers=workers, progress=progress)
+                              outlier_ratio=outlier_ratio, peak_ratio=peak_ratio, workers=workers, progress=progress,
+                              image_column=image_column)
         try:
             ranks = ranks_from_env()
         except ValueError as err:
             raise fail(str(err)) from None
+        if ranks.rank == 0 and listing.summary():
+            typer.echo(f"{source}: {listing.summary()}")
         device = device or default_device(ranks)
         init_distributed(ranks, torch.device(device))
         try:
             vit = load_model(model, device)
-            with hold(out, ranks):  # the report too is written while the folder is this run's
+            with hold(out, ranks), reading_column(image_column):  # the report too, while the folder is this run's
                 try:
                     vit.resolve_layers([spread_layer])
                     aggregates = run_analysis(vit, images, out, opts, ranks)

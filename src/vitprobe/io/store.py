@@ -70,16 +70,20 @@ def require(module: str):
 
 def records_table(columns: dict[str, list]):
     """A pyarrow Table of records: image (string), layer (int16), head (int16, null when the metric
-    is not per head), metric (dictionary-encoded string), value (float64)."""
+    is not per head), metric (dictionary-encoded string), value (float64), then any other column of
+    ``columns`` (the images' class names) as a dictionary-encoded string."""
     pa = require("pyarrow")
+    text = pa.dictionary(pa.int32(), pa.string())
+    extra = [name for name in columns if name not in RECORD_COLUMNS]
     schema = pa.schema([
         ("image", pa.string()),
         ("layer", pa.int16()),
         ("head", pa.int16()),
-        ("metric", pa.dictionary(pa.int32(), pa.string())),
+        ("metric", text),
         ("value", pa.float64()),
+        *((name, text) for name in extra),
     ])
-    return pa.table({name: columns[name] for name in RECORD_COLUMNS}, schema=schema)
+    return pa.table({name: columns[name] for name in (*RECORD_COLUMNS, *extra)}, schema=schema)
 
 
 def table_bytes(table) -> bytes:

@@ -3,9 +3,10 @@
 It gathers what a researcher would otherwise assemble by hand from seeds 003 and 004: mean
 attention distance per head and layer, entropy per layer, the four spread levels with their
 images and maps, layer-wise maps of a few example images, patch filters, position-embedding
-similarity, and artifact-token shares. It only draws: the statistics come from ``aggregates.json``
-and the maps, filters and similarities from a ``ReportInputs`` that ``vitprobe.reporting`` computes
-with the model (``vp.attribute`` and the embedding analyses).
+similarity, artifact-token shares, and per-class means where the images have labels. It only draws:
+the statistics come from ``aggregates.json`` and the maps, filters and similarities from a
+``ReportInputs`` that ``vitprobe.reporting`` computes with the model (``vp.attribute`` and the
+embedding analyses).
 """
 
 from __future__ import annotations
@@ -38,6 +39,13 @@ from .style import Style
 
 FILES = "report_files"
 THUMB_PX = 176
+CLASS_ROWS = 100
+CLASS_METRICS = (
+    ("mean_attention_distance", "distance px (mean head)", "{:.1f}"),
+    ("entropy_cls_map", "CLS-map entropy", "{:.3f}"),
+    ("entropy_rollout_map", "rollout entropy", "{:.3f}"),
+    ("token_norm_outlier_share", "outlier tokens", "{:.2%}"),
+)
 
 
 @dataclass(frozen=True)
@@ -117,6 +125,28 @@ def _per_layer_table(aggregates: dict) -> list[dict]:
     return rows
 
 
+def _class_tables(aggregates: dict) -> list[dict]:
+    """Per label column, rows for the by-class table: each class's images and its means in the spread
+    layer (the last layer without a CLS token), at most ``CLASS_ROWS`` classes."""
+    layers = aggregates["layers"]
+    spread = aggregates.get("spread_levels")
+    layer = spread["layer"] if spread else layers[-1]
+    tables = []
+    for column, summary in (aggregates.get("classes") or {}).items():
+        shown = [(name, label, fmt) for name, label, fmt in CLASS_METRICS if name in summary["metrics"]]
+        rows = []
+        for name, count in list(summary["images"].items())[:CLASS_ROWS]:
+            cells = []
+            for metric, _, fmt in shown:
+                value = summary["metrics"][metric].get(name, [None] * len(layers))[layers.index(layer)]
+                cells.append("–" if value is None or (isinstance(value, float) and math.isnan(value))
+                             else fmt.format(value))
+            rows.append({"name": name, "images": count, "cells": cells})
+        tables.append({"column": column, "layer": layer, "headers": [label for _, label, _ in shown], "rows": rows,
+                       "more": max(0, len(summary["images"]) - CLASS_ROWS), "unlabelled": summary["unlabelled"]})
+    return tables
+
+
 def write_report(out_dir: Path, aggregates: dict, inputs: ReportInputs, style: Style = Style()) -> Path:
     """Write ``out_dir/report.html`` and its figures in ``report_files/``; returns the path of the HTML file.
 
@@ -192,6 +222,7 @@ def _draw(out_dir: Path, files: Path, aggregates: dict, inputs: ReportInputs, st
         "examples": examples,
         "embeddings": embeddings,
         "artifacts": art,
+        "classes": _class_tables(aggregates),
         "failures": _failures(out_dir),
         "missing": inputs.missing or [],
         "clip": style.clip,
