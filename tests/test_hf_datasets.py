@@ -65,8 +65,10 @@ def data(tmp_path_factory) -> dict[str, Path]:
                                                              for f in reversed(files)]},
         features=hf.Features({"raw": hf.Value("binary"), "photo": image, "mask": image}),
     ).save_to_disk(root / "columns")
+    labelled.select(range(3)).map(lambda row, i: {"label": -1 if i == 1 else row["label"]}, with_indices=True) \
+        .save_to_disk(root / "partial")  # row 1 without a label (-1), as test splits often are
     return {"root": root, "folder": folder, "dataset": root / "dataset", "dict": root / "dict",
-            "parquet": root / "named.parquet", "columns": root / "columns"}
+            "parquet": root / "named.parquet", "columns": root / "columns", "partial": root / "partial"}
 
 
 @pytest.fixture(scope="module")
@@ -148,6 +150,19 @@ def test_records_equal_those_of_the_folder(data, model, folder_run, tmp_path, la
                 assert mean == pytest.approx(np.mean(values), rel=1e-12) if values else mean is None
 
 
+def test_rows_without_a_label_are_counted_apart(data, model, tmp_path):
+    items = read_image_list(data["partial"])
+    assert [hfio.labels_of(p) for p in items] == [{"label": "bird"}, {"label": None}, {"label": "dog"}]
+    aggregates = run_analysis(model, items, tmp_path, OPTS)
+    records, _, _ = read_outputs(tmp_path)
+    assert {(r["image"], r["label"]) for r in records} == {(str(items[0]), "bird"), (str(items[1]), None),
+                                                            (str(items[2]), "dog")}
+    classes = aggregates["classes"]["label"]
+    assert classes["images"] == {"dog": 1, "bird": 1} and classes["unlabelled"] == 1
+    dog = [r["value"] for r in records if r["image"] == str(items[2]) and r["metric"] == "entropy_cls_map"]
+    assert classes["metrics"]["entropy_cls_map"]["dog"] == dog  # one image: its own values
+
+
 def test_image_column_by_feature_type_or_chosen(data, model, folder_run, tmp_path):
     """``raw`` is the first binary column, ``photo`` the first Image one: the photos are read, a row without
     one is a recorded failure; ``--image-column mask`` reads the reversed photos."""
@@ -162,7 +177,7 @@ def test_image_column_by_feature_type_or_chosen(data, model, folder_run, tmp_pat
 
     result = runner.invoke(app, ["analyze", str(data["columns"]), "--model", str(model.name), "--image-column",
                                  "mask", "--out", str(tmp_path / "mask"), "--no-report", "--no-progress",
-                                 "--batch-size", "4"])
+                                 "--batch-size", "4", "--workers", "1"])  # a loader process reads the column too
     assert result.exit_code == 0, result.output
     assert f"{data['columns']}: 6 rows; images from column 'mask'" in result.stdout
     records, _, failures = read_outputs(tmp_path / "mask")

@@ -104,6 +104,8 @@ NAN_POLICY = {
 }
 """How undefined values are handled, written into aggregates.json."""
 
+COUNT_METRIC = "token_norm_outlier_share"
+"""A per-layer metric of every analysed image, whatever the model: its records count the images."""
 CLS_METRICS = ("entropy_cls", "entropy_cls_map", "entropy_rollout_map", "cls_isolated_peak_share",
                "outliers_in_cls_peaks_share")
 LIST_COMMENT = "#"
@@ -540,32 +542,31 @@ def class_summary(records, names: dict[str, list[str]]) -> dict:
     import pyarrow.compute as pc
 
     out: dict[str, dict] = {}
+    value = records.column("value")
+    value = pc.if_else(pc.is_nan(value), pa.scalar(None, pa.float64()), value)  # NaN left out of the means
     for name, known in names.items():
         column = label_column(name)
         if column not in records.column_names:
             continue
-        table = pa.table({"image": records.column("image"), "label": pc.cast(records.column(column), pa.string()),
-                          "metric": pc.cast(records.column("metric"), pa.string()), "layer": records.column("layer"),
-                          "value": records.column("value")})
-        pairs = table.group_by(["image", "label"]).aggregate([])  # one row per image (one label each)
-        unlabelled = pairs.filter(pc.is_null(pairs.column("label"))).num_rows
-        grouped = pairs.filter(pc.is_valid(pairs.column("label"))).group_by(["label"]).aggregate([("image", "count")])
-        counts = dict(zip(grouped.column("label").to_pylist(), grouped.column("image_count").to_pylist(), strict=True))
-        order = [c for c in known if c in counts] + sorted(set(counts) - set(known))
-        kept = table.filter(pc.and_(pc.is_valid(table.column("label")), pc.invert(pc.is_nan(table.column("value")))))
+        table = pa.table({"label": records.column(column), "metric": records.column("metric"),
+                          "layer": records.column("layer"), "value": value}).unify_dictionaries()
         # one thread: the sums run in record order, so the means do not depend on the machine's threads
-        means = kept.group_by(["label", "metric", "layer"], use_threads=False).aggregate([("value", "mean")])
-        means = means.to_pylist()
-        n_layers = int(pc.max(table.column("layer")).as_py() or 0) + 1 if table.num_rows else 0
-        present = set(pc.unique(table.column("metric")).to_pylist())
-        metrics: dict[str, dict[str, list]] = {m: {} for m in present}
-        for row in means:
-            per_layer = metrics.setdefault(row["metric"], {}).setdefault(row["label"], [math.nan] * n_layers)
-            per_layer[row["layer"]] = row["value_mean"]
+        groups = table.group_by(["label", "metric", "layer"], use_threads=False).aggregate(
+            [("value", "mean"), ([], "count_all")]).to_pylist()
+        first = min((g["layer"] for g in groups), default=0)
+        counted = [g for g in groups if g["metric"] == COUNT_METRIC and g["layer"] == first]  # a record per image
+        counts = {g["label"]: g["count_all"] for g in counted if g["label"] is not None}
+        order = [c for c in known if c in counts] + sorted(set(counts) - set(known))
+        n_layers = max((g["layer"] for g in groups), default=-1) + 1
+        metrics: dict[str, dict[str, list]] = {}
+        for g in groups:
+            if g["label"] is not None:
+                per_layer = metrics.setdefault(g["metric"], {}).setdefault(g["label"], [math.nan] * n_layers)
+                per_layer[g["layer"]] = math.nan if g["value_mean"] is None else g["value_mean"]
         ordered = {m: {c: metrics[m].get(c, [math.nan] * n_layers) for c in order}
                    for m in (*HEAD_METRICS, *LAYER_METRICS) if m in metrics}
         out[name] = {"column": column, "images": {c: counts[c] for c in order},
-                     "unlabelled": unlabelled, "metrics": ordered}
+                     "unlabelled": sum(g["count_all"] for g in counted if g["label"] is None), "metrics": ordered}
     return out
 
 
