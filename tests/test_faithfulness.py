@@ -192,7 +192,13 @@ def test_faithfulness_command_writes_tables_and_figure(tiny_dirs, tmp_path):
     assert result.exit_code == 1, result.output  # one image failed, recorded; the others measured
     out = tmp_path / "out"
     summary = (out / "summary.csv").read_text().splitlines()
-    assert summary[0] == "method,images,deletion_auc,insertion_auc,positive_auc,negative_auc,randomisation_rho"
+    assert summary[0] == ("method,images," + ",".join(f"{m}{end}" for m in ("deletion_auc", "insertion_auc",
+                          "positive_auc", "negative_auc", "randomisation_rho") for end in ("", "_low", "_high"))
+                          + ",seconds_per_image")
+    rows = {line.split(",")[0]: line.split(",") for line in summary[1:]}
+    assert float(rows["rollout"][-1]) > 0 and rows["baseline-random"][-1] == "nan"
+    low, mean, high = (float(rows["legrad"][i]) for i in (3, 2, 4))  # deletion: two images, an interval
+    assert low <= mean <= high
     assert [line.split(",")[0] for line in summary[1:]] == ["rollout", "legrad", "cls", *BASELINES]
     data = json.loads((out / "faithfulness.json").read_text())
     assert data["failures"][0]["image"].endswith("broken.png") and len(data["records"]) == 2 * 5
@@ -222,3 +228,19 @@ def test_deletion_auc_of_the_attention_map_beats_the_baselines_on_the_toy(watche
     rows = {row["method"]: row for row in report.summary()}
     assert rows["cls"]["deletion_auc"] <= min(rows[b]["deletion_auc"] for b in BASELINES) + 1e-9
     assert rows["cls"]["insertion_auc"] >= max(rows[b]["insertion_auc"] for b in BASELINES) - 1e-9
+
+
+def test_mean_interval_is_a_percentile_bootstrap():
+    """Constant values: a point interval; one value: no interval; a large normal sample: the percentile
+    bootstrap interval of the mean is close to mean ± 1.96 s / √n."""
+    from vitprobe.faithfulness import mean_interval
+
+    assert mean_interval(np.full(5, 0.25)) == (0.25, 0.25, 0.25)
+    mean, low, high = mean_interval(np.array([0.5, np.nan]))
+    assert mean == 0.5 and np.isnan(low) and np.isnan(high)
+    sample = np.random.default_rng(1).normal(2.0, 1.0, 400)
+    mean, low, high = mean_interval(sample, seed=3)
+    half = 1.96 * sample.std(ddof=1) / np.sqrt(len(sample))
+    assert mean == pytest.approx(sample.mean())
+    assert low == pytest.approx(mean - half, abs=0.15 * half) and high == pytest.approx(mean + half, abs=0.15 * half)
+    assert mean_interval(sample, seed=3) == (mean, low, high)

@@ -74,11 +74,12 @@ def register(app: typer.Typer) -> None:
 
 
 def _print_summary(report) -> None:
-    """The per-method means as an aligned table on stdout."""
+    """The per-method means and seconds per image as an aligned table on stdout (intervals in summary.csv)."""
     from ..faithfulness import METRICS
 
     rows = report.summary()
     width = max(len(r["method"]) for r in rows) if rows else 6
-    typer.echo("method".ljust(width) + "".join(f"{m.removesuffix('_auc'):>18}" for m in METRICS))
+    typer.echo("method".ljust(width) + "".join(f"{m.removesuffix('_auc'):>18}" for m in METRICS) + f"{'s/image':>10}")
     for row in rows:
-        typer.echo(row["method"].ljust(width) + "".join(f"{row[m]:>18.3f}" for m in METRICS))
+        typer.echo(row["method"].ljust(width) + "".join(f"{row[m]:>18.3f}" for m in METRICS)
+                   + f"{row['seconds_per_image']:>10.2f}")
