@@ -26,7 +26,16 @@ from typer.testing import CliRunner
 import vitprobe as vp
 from tests.corpus import make_bad_corpus
 from vitprobe.cli import app
-from vitprobe.web.app import DISPLAY_MAX, DemoBackend, DemoError, View, click_to_patch, control_names, new_state
+from vitprobe.web.app import (
+    DISPLAY_MAX,
+    DemoBackend,
+    DemoError,
+    View,
+    click_to_patch,
+    control_names,
+    method_params,
+    new_state,
+)
 
 
 @pytest.fixture(scope="module")
@@ -44,8 +53,10 @@ def backend(tiny_dirs, tmp_path_factory) -> DemoBackend:
 
 
 def controls(spec: str, **changes) -> list:
-    """Control values in ``control_names()`` order, the page's defaults unless changed."""
-    values = {"model": spec, "method": "cls", "layer": 2, "head": "fused", "head_fusion": "mean",
+    """Control values in ``control_names()`` order, the page's defaults unless changed (a parameter not named
+    here: its method's default)."""
+    values = {**{name: param.default for name, param in method_params().items()},
+              "model": spec, "method": "cls", "layer": 2, "head": "fused", "head_fusion": "mean",
               "layer_fusion": "mean", "discard_ratio": 0.0, "patch": "", "query_xy": "",
               "target": "", "start_layer": 0, "artifacts": "keep", "alpha": 0.5,
               "cmap": "inferno", "clip": 99.0, "keypoints": False, **changes}

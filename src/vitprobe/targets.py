@@ -39,6 +39,8 @@ if TYPE_CHECKING:
     from .models.base import VitModel
 
 Target = int | str | None
+Embedding = Callable[[torch.Tensor], torch.Tensor]
+"""Any layer's tokens (B, T, D) -> an image embedding (B, D)."""
 SELF = "self"
 IMAGE_PREFIX = "image:"
 TEXT_PREFIX = "text:"
@@ -49,7 +51,10 @@ class GradientPass:
     """One eager forward in the autograd graph: per layer ``attentions`` (B, heads, T, T) and output
     ``tokens`` (B, T, D); ``logits`` (B, classes) or None (detached); ``score(tokens)`` -> (B,) the
     target's score computed from any layer's tokens through the model's readout; ``targets`` the class
-    each image's score is the logit of (None for embedding targets) and ``words`` what is explained."""
+    each image's score is the logit of (None for embedding targets) and ``words`` what is explained.
+    ``rescore(embed)``, for a prompt or embedding target: the target's score (B,) of an embedding (B, D)
+    given by ``embed`` (tokens (B, T, D) -> (B, D)) in place of the readout, the reference of ``self`` or
+    ``image:PATH`` taken with ``embed`` too; None for a class target."""
 
     attentions: list[torch.Tensor]
     tokens: list[torch.Tensor]
@@ -57,6 +62,7 @@ class GradientPass:
     score: Callable[[torch.Tensor], torch.Tensor]
     targets: list[int] | None
     words: str
+    rescore: Callable[[Embedding], Callable[[torch.Tensor], torch.Tensor]] | None = None
 
 
 @dataclass(frozen=True)
@@ -104,10 +110,9 @@ def _passes(model: VitModel) -> None:
         raise ValueError(f"{model.name}: its adapter cannot materialise attention for gradients")
 
 
-def readout_forward(model: VitModel, pixels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """(pooled embedding (B, D), logits (B, classes) or None) of model-input pixels (B, 3, H, W), float32,
-    without gradients: the model's own forward (its fused attention kernel), the last block's output
-    tokens caught by a hook and taken through the readout."""
+def _last_tokens(model: VitModel, pixels: torch.Tensor, then: Callable[[torch.Tensor], object]) -> object:
+    """``then`` of the last block's output tokens (B, T, D) of model-input pixels (B, 3, H, W), without
+    gradients: the model's own forward (its fused attention kernel), the tokens caught by a hook."""
     _passes(model)
     caught: list[torch.Tensor] = []
 
@@ -119,15 +124,24 @@ def readout_forward(model: VitModel, pixels: torch.Tensor) -> tuple[torch.Tensor
         try:
             with torch.no_grad():
                 model.forward(pixels.to(model.device, model.dtype))
-                embedding, logits = model.readout(caught[-1])
+                return then(caught[-1])
         finally:
             handle.remove()
+
+
+def readout_forward(model: VitModel, pixels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """(pooled embedding (B, D), logits (B, classes) or None) of model-input pixels (B, 3, H, W), float32,
+    without gradients: the last block's output tokens of the model's own forward taken through the readout."""
+    embedding, logits = _last_tokens(model, pixels, model.readout)
     return embedding.float(), None if logits is None else logits.float()
 
 
-def embed(model: VitModel, pixels: torch.Tensor) -> torch.Tensor:
-    """The pooled embedding (B, D) of model-input pixels, as the readout gives it, without gradients."""
-    return readout_forward(model, pixels)[0]
+def embed(model: VitModel, pixels: torch.Tensor, embedding: Embedding | None = None) -> torch.Tensor:
+    """The pooled embedding (B, D) of model-input pixels, as the readout gives it (or ``embedding`` of the last
+    block's tokens), without gradients."""
+    if embedding is None:
+        return readout_forward(model, pixels)[0]
+    return _last_tokens(model, pixels, embedding).float()
 
 
 def is_embedding_target(target: Target) -> bool:
@@ -153,15 +167,17 @@ def text_prompt(model: VitModel, target: Target) -> str | None:
     return prompt
 
 
-def reference_embedding(model: VitModel, pixels: torch.Tensor, own: torch.Tensor, target: Target) -> torch.Tensor:
+def reference_embedding(model: VitModel, pixels: torch.Tensor, own: torch.Tensor, target: Target,
+                        embedding: Embedding | None = None) -> torch.Tensor:
     """The unit reference direction (B, D) of an embedding target for pixels (B, 3, H, W): each image's
     ``own`` embedding (B, D) minus that of a blank image of the same size (``self``), or the embedding
-    of the image named by ``image:PATH`` (preprocessed as the model's own), repeated for every image."""
+    of the image named by ``image:PATH`` (preprocessed as the model's own), repeated for every image;
+    embeddings by the readout, or by ``embedding`` of the last block's tokens."""
     if target is None or target == SELF:
-        reference = own.detach().float() - embed(model, torch.zeros_like(pixels[:1]))
+        reference = own.detach().float() - embed(model, torch.zeros_like(pixels[:1]), embedding)
     else:
         other, _, _ = model.prepare(target.removeprefix(IMAGE_PREFIX))
-        reference = embed(model, other).expand(len(own), -1)
+        reference = embed(model, other, embedding).expand(len(own), -1)
     return F.normalize(reference, dim=-1)
 
 
@@ -173,24 +189,30 @@ def gradient_pass(model: VitModel, pixels: torch.Tensor, target: Target = None) 
         logits, attns, tokens = model.attention_forward(pixels)
     detached = None if logits is None else logits.detach().float()
     prompt = text_prompt(model, target)
-    if prompt is not None:
-        def prompt_score(layer_tokens: torch.Tensor) -> torch.Tensor:
-            with model.lock:
-                return model.similarity(model.readout(layer_tokens)[0], [prompt])[:, 0]
 
-        return GradientPass(list(attns), list(tokens), detached, prompt_score, None, f'the prompt "{prompt}"')
-    if is_embedding_target(target) or (target is None and logits is None):
+    def readout_embedding(layer_tokens: torch.Tensor) -> torch.Tensor:
         with model.lock:
-            own = model.readout(tokens[-1])[0]
-        reference = reference_embedding(model, pixels.detach(), own, target)
+            return model.readout(layer_tokens)[0]
 
-        def embedding_score(layer_tokens: torch.Tensor) -> torch.Tensor:
+    if prompt is not None:
+        def prompt_of(embedding: torch.Tensor) -> torch.Tensor:
             with model.lock:
-                return (model.readout(layer_tokens)[0].float() * reference).sum(dim=-1)
+                return model.similarity(embedding, [prompt])[:, 0]
 
+        return GradientPass(list(attns), list(tokens), detached, lambda t: prompt_of(readout_embedding(t)), None,
+                            f'the prompt "{prompt}"', lambda _embed: prompt_of)
+    if is_embedding_target(target) or (target is None and logits is None):
+        def projection(embedding_of: Embedding) -> Callable[[torch.Tensor], torch.Tensor]:
+            with model.lock:
+                own = embedding_of(tokens[-1])
+            reference = reference_embedding(model, pixels.detach(), own, target, embedding_of)
+            return lambda embedding: (embedding.float() * reference).sum(dim=-1)
+
+        on_readout = projection(readout_embedding)
         words = ("its own embedding" if target in (None, SELF)
                  else f"the embedding of {target.removeprefix(IMAGE_PREFIX)}")
-        return GradientPass(list(attns), list(tokens), detached, embedding_score, None, words)
+        return GradientPass(list(attns), list(tokens), detached, lambda t: on_readout(readout_embedding(t)), None,
+                            words, projection)
     if logits is None:
         raise ValueError(f"{model.name} has no classification head: give target='self' or 'image:PATH' "
                          "(an embedding) instead of a class")

@@ -183,6 +183,7 @@ def wrap(module: nn.Module, name: str, preprocess: PreprocessSpec | None = None,
         labels={int(k): v for k, v in module.config.id2label.items()} if has_head else {},
         pool=mha_pool_site(pool_head) if pool_head is not None else None,
         similarity=family.similarity(module, source) if family.similarity and source else None,
+        feature=family.feature(module),
         rebuild=Rebuild(wrap, {"name": name, "preprocess": preprocess, "source": source}, pack, unpack),
     )
 

@@ -117,6 +117,12 @@ def wrap(model: nn.Module, name: str, architecture: str | None = None) -> VitMod
         pooled, _ = visual._pool(layer_tokens)
         return (pooled @ visual.proj if visual.proj is not None else pooled), None
 
+    def feature(layer_tokens: torch.Tensor) -> tuple[torch.Tensor, None]:
+        """LeGrad's feature (its authors' ``compute_legrad_clip``): ln_post of the mean over every token, the
+        CLS token included, then the projection."""
+        pooled = visual.ln_post(layer_tokens.mean(dim=1))
+        return (pooled @ visual.proj if visual.proj is not None else pooled), None
+
     table = visual.positional_embedding.detach()[1:]
     return VitModel(
         name=name,
@@ -133,6 +139,7 @@ def wrap(model: nn.Module, name: str, architecture: str | None = None) -> VitMod
         attention_forward=attention_forward,
         readout=readout,
         similarity=_similarity(model, architecture) if hasattr(model, "encode_text") and architecture else None,
+        feature=feature if visual.attn_pool is None else None,  # CoCa's attention pool: the readout
         rebuild=Rebuild(wrap, {"name": name, "architecture": architecture}),
     )
 

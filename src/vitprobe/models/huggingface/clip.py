@@ -12,7 +12,8 @@ import transformers
 from torch import nn
 
 from ...hub import locate
-from .spec import HfFamily, Similarity, register_hf_family, square_grid
+from ..openclip import explicit_attention
+from .spec import Feature, HfFamily, Similarity, register_hf_family, square_grid
 
 
 def _tower(module: nn.Module) -> nn.Module:
@@ -57,6 +58,37 @@ def _siglip_readout(module: nn.Module):
         return (vision.head(x) if getattr(vision, "use_head", False) else x.mean(dim=1)), None
 
     return readout
+
+
+def _clip_feature(module: nn.Module) -> Feature:
+    """LeGrad's feature (its authors' ``compute_legrad_clip``): the final norm of the mean over every token,
+    the CLS token included, then the projection into the joint space (dual models)."""
+    norm = _tower(module).post_layernorm
+    projection = getattr(module, "visual_projection", None)
+
+    def feature(tokens: torch.Tensor) -> tuple[torch.Tensor, None]:
+        pooled = norm(tokens.mean(dim=1))
+        return (projection(pooled) if projection is not None else pooled), None
+
+    return feature
+
+
+def _siglip_feature(module: nn.Module) -> Feature | None:
+    """LeGrad's SigLIP feature (its authors' ``compute_legrad_siglip``): the attention-pooling head applied to
+    the layer's tokens without the tower's final norm, with the head's probabilities (B, heads, 1, T) in the
+    graph (LeGrad differentiates those); None without a head (mean pooling)."""
+    vision = _tower(module)
+    if not getattr(vision, "use_head", False):
+        return None
+    head = vision.head
+
+    def feature(tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        probe = head.probe.expand(len(tokens), -1, -1)
+        pooled, probs = explicit_attention(head.attention, probe, tokens, tokens)
+        pooled = pooled + head.mlp(head.layernorm(pooled))
+        return pooled[:, 0], probs
+
+    return feature
 
 
 def _pool(module: nn.Module) -> nn.MultiheadAttention | None:
@@ -137,9 +169,10 @@ def _none(_config) -> tuple[str, ...]:
 
 
 _CLIP_LIKE = dict(prefix_names=_cls, vision=_tower, run=_run_tower, patch_weight=_conv_weight,
-                  position_grid=_cls_position_grid, readout=_clip_readout, similarity=_similarity)
+                  position_grid=_cls_position_grid, readout=_clip_readout, similarity=_similarity,
+                  feature=_clip_feature)
 _SIGLIP_LIKE = dict(tokens="none", prefix_names=_none, vision=_tower, position_grid=_patch_position_grid,
-                    readout=_siglip_readout, pool=_pool, similarity=_similarity)
+                    readout=_siglip_readout, pool=_pool, similarity=_similarity, feature=_siglip_feature)
 
 register_hf_family(HfFamily(
     title="CLIP", model_types=("clip", "clip_vision_model"),

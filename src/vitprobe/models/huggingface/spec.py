@@ -14,6 +14,9 @@ Readout = Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor | None]]
 """Any layer's tokens (B, T, D) -> (pooled embedding (B, D), logits (B, classes) or None)."""
 Similarity = Callable[[torch.Tensor, Sequence[str]], torch.Tensor]
 """Image embeddings (B, D) from the readout and text prompts -> the model's image–text logits (B, P)."""
+Feature = Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor | None]]
+"""Any layer's tokens (B, T, D) -> (LeGrad's image feature (B, D), the pooling head's probabilities
+(B, heads, Q, T) of that feature or None); see ``VitModel.feature``."""
 
 
 def _whole(module: nn.Module) -> nn.Module:
@@ -59,7 +62,8 @@ class HfFamily:
       (``nn.MultiheadAttention``, a learned probe as its query) or None; ``similarity(module, processor
       directory)``: the image–text logits of a dual model, or None; ``prepare(module)`` adjusts a loaded
       model for capture (e.g. MAE runs unmasked); ``eager(module)``: a context in which its attention is
-      computed in the open, for gradient methods.
+      computed in the open, for gradient methods; ``feature(module)``: LeGrad's per-layer image feature as its
+      authors compute it for the family (``VitModel.feature``), or None.
     """
 
     title: str
@@ -78,6 +82,7 @@ class HfFamily:
     prepare: Callable[[nn.Module], None] = _nothing
     tokens: str = "CLS"
     eager: Callable[[nn.Module], AbstractContextManager] = eager_attention
+    feature: Callable[[nn.Module], Feature | None] = _nothing
     gives: str = ""
 
 
