@@ -150,6 +150,36 @@ class Faithfulness:
             "failures": [{"image": image, "error": error} for image, error in self.failures],
         }
 
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> Faithfulness:
+        """The results ``to_json`` wrote (the curves, ρ and seconds of every record)."""
+        def array(values) -> np.ndarray:
+            return np.array([math.nan if v is None else v for v in values], dtype=float)
+
+        records = [Record(r["image"], r["method"], {k: array(v) for k, v in r["curves"].items()}, array(r["rho"]),
+                          math.nan if r.get("seconds") is None else float(r["seconds"])) for r in data["records"]]
+        return cls(data["model"], data["score"], array(data["fractions"]), records,
+                   [(f["image"], f["error"]) for f in data["failures"]], dict(data["options"]))
+
+    @classmethod
+    def read(cls, out: Path) -> Faithfulness:
+        """The results ``write`` left in folder ``out`` (its faithfulness.json)."""
+        return cls.from_json(json.loads((Path(out) / "faithfulness.json").read_text()))
+
+    @classmethod
+    def combine(cls, reports: Sequence[Faithfulness]) -> Faithfulness:
+        """One table of several runs over other images with the same model, score rule and options
+        (e.g. one run per image or shard): records and failures concatenated."""
+        if not reports:
+            raise ValueError("combine needs at least one faithfulness result")
+        first = reports[0]
+        for other in reports[1:]:
+            if (other.model, other.options, list(other.fractions)) != (first.model, first.options,
+                                                                       list(first.fractions)):
+                raise ValueError("faithfulness results of another model or other options cannot be combined")
+        return cls(first.model, first.score, first.fractions, [r for rep in reports for r in rep.records],
+                   [f for rep in reports for f in rep.failures], dict(first.options))
+
     def write(self, out: Path) -> list[Path]:
         """faithfulness.csv (per image and method), summary.csv (per method), faithfulness.json
         (everything, curves included) and curves.png under ``out``; returns the paths."""
