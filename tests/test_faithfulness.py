@@ -244,3 +244,28 @@ def test_mean_interval_is_a_percentile_bootstrap():
     assert mean == pytest.approx(sample.mean())
     assert low == pytest.approx(mean - half, abs=0.15 * half) and high == pytest.approx(mean + half, abs=0.15 * half)
     assert mean_interval(sample, seed=3) == (mean, low, high)
+
+
+def test_results_read_back_and_combine(tmp_path):
+    """write -> read gives the same records and summary; runs over other images combine; other options
+    do not."""
+    from vitprobe.faithfulness import Faithfulness
+
+    model = one_patch_model()
+    runs = [faithfulness(model, [bright_patch_image(p)], methods=["cls"], steps=3, randomisation_steps=0,
+                         progress=False) for p in (1, 4)]
+    for i, run in enumerate(runs):
+        run.write(tmp_path / str(i))
+    back = [Faithfulness.read(tmp_path / str(i)) for i in range(2)]
+    for got, want in zip(back[0].summary(), runs[0].summary(), strict=True):
+        assert got["method"] == want["method"] and got.keys() == want.keys()
+        assert all(np.isclose(got[k], want[k], atol=1e-6, equal_nan=True) for k in want if k != "method")
+    for got, want in zip(back[0].records, runs[0].records, strict=True):
+        assert (got.image, got.method) == (want.image, want.method)
+        assert all(np.allclose(got.curves[k], want.curves[k], atol=1e-6) for k in want.curves)
+    both = Faithfulness.combine(back)
+    assert len(both.records) == len(runs[0].records) + len(runs[1].records) and both.summary()[0]["images"] == 2
+    other = faithfulness(model, [bright_patch_image(2)], methods=["cls"], steps=5, randomisation_steps=0,
+                         progress=False)
+    with pytest.raises(ValueError, match="cannot be combined"):
+        Faithfulness.combine([back[0], other])
