@@ -42,6 +42,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.overrides import TorchFunctionMode
 
+from ..analysis.maps import pixels_to_grid
 from .base import Context, Method, Needs, Param, Result, register_method
 from .params import TARGET
 
@@ -279,12 +280,6 @@ def lrp_rules(module: nn.Module, variant: str = "attnlrp") -> Iterator[None]:
             param.requires_grad_(flag)
 
 
-def patch_sums(values: torch.Tensor, grid_hw: tuple[int, int], patch: int) -> torch.Tensor:
-    """Per-pixel values (B, H_in, W_in) summed over each patch's pixels -> (B, H, W) on the patch grid."""
-    gh, gw = grid_hw
-    return values[:, : gh * patch, : gw * patch].reshape(len(values), gh, patch, gw, patch).sum(dim=(2, 4))
-
-
 @register_method
 class AttnLRP(Method):
     """Relevance R = x ⊙ ∂y/∂x at the model-input pixels x under AttnLRP's rules (module docstring), summed
@@ -312,8 +307,8 @@ class AttnLRP(Method):
             run = gradient_pass(model, pixels, p["target"])
             score = run.score(run.tokens[-1])
             (grad,) = torch.autograd.grad(score.sum(), pixels)
-        per_pixel = (pixels.detach().float() * grad.float()).sum(dim=1).cpu()  # (B, H_in, W_in)
-        maps = patch_sums(per_pixel, ctx.layout.grid_hw, ctx.layout.patch_size)
+        relevance = (pixels.detach().float() * grad.float()).cpu()  # (B, 3, H_in, W_in)
+        per_pixel, maps = relevance.sum(dim=1), pixels_to_grid(relevance, ctx.layout.grid_hw)
         rule = "AttnLRP" if p["variant"] == "attnlrp" else "CP-LRP"
         title = f"{rule} relevance of {run.words}"
         return Result(maps, title, {"pixels": per_pixel, "score": score.detach().float().cpu()},
