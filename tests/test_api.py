@@ -59,7 +59,7 @@ def test_attribute_a_capture_without_running_the_model(tiny_dirs):
         vp.attribute(cap, method="query")
     with pytest.raises(vp.MissingCapture, match=r"fuse=\('max',\)"):
         vp.attribute(cap, method="rollout", head_fusion="max")
-    with pytest.raises(ValueError, match="need the model"):
+    with pytest.raises(ValueError, match="runs the model"):
         vp.attribute(cap, method="chefer")
 
 
