@@ -269,3 +269,15 @@ def test_results_read_back_and_combine(tmp_path):
                          progress=False)
     with pytest.raises(ValueError, match="cannot be combined"):
         Faithfulness.combine([back[0], other])
+
+
+def test_curves_figure_tells_apart_more_methods_than_colours():
+    """Sixteen curves (fourteen methods, two baselines): each drawn in its own colour and line style."""
+    from vitprobe.render.plots import faithfulness_figure
+
+    names = [f"m{i}" for i in range(14)] + list(BASELINES)
+    fractions = np.linspace(0, 1, 5)
+    curves = {n: np.linspace(1, 0.5, 5) for n in names}
+    fig = faithfulness_figure(fractions, curves, curves, {n: np.zeros(0) for n in names}, "score")
+    lines = fig.axes[0].get_lines()
+    assert len(lines) == 16 and len({(str(line.get_color()), line.get_linestyle()) for line in lines}) == 16

@@ -208,10 +208,12 @@ def faithfulness_figure(
     panels = 3 if any(len(v) for v in rho.values()) else 2
     fig = _figure(4.2 * panels, 3.8)
     axes = fig.subplots(1, panels)
-    colours = iter(matplotlib.colormaps["tab10"].colors)
-    greys = iter(("0.35", "0.6"))
-    style = {name: ({"color": next(greys), "ls": "--"} if name.startswith("baseline") else {"color": next(colours)})
-             for name in deletion}
+    palette = matplotlib.colormaps["tab10"].colors
+    methods = [name for name in deletion if not name.startswith("baseline")]
+    style = {name: {"color": palette[i % len(palette)], "ls": ("-", "-.", ":")[i // len(palette) % 3]}
+             for i, name in enumerate(methods)}  # past ten methods the colours come back with another line style
+    greys = iter(("0.35", "0.6", "0.8"))
+    style.update({name: {"color": next(greys), "ls": "--"} for name in deletion if name.startswith("baseline")})
     for ax, curves, name, better in ((axes[0], deletion, "deletion", "lower AUC is better"),
                                      (axes[1], insertion, "insertion", "higher AUC is better")):
         for method, values in curves.items():
