@@ -17,5 +17,9 @@ artifact tokens) saturate instead of darkening the rest of the map; 100 is the p
 VIDEO_SHORT_SIDE = 224
 """Model-input short side of a video frame unless given: speed first (the offline model runs about 5
 frames/s at 224 px on 2 CPU cores, 0.4 at its own 448)."""
-DEFAULT_FAITHFULNESS_METHODS = ("cls", "rollout", "layers", "chefer", "gradrollout", "legrad", "flow")
-"""The methods ``faithfulness`` measures unless told otherwise: raw attention, its aggregations, gradients."""
+DEFAULT_FAITHFULNESS_METHODS = ("cls", "rollout", "layers", "chefer", "gradrollout", "legrad", "flow", "attnlrp",
+                                "gradcam", "gradcampp", "eigencam")
+"""The methods ``faithfulness`` measures unless told otherwise: raw attention, its aggregations, the attention
+gradient methods, AttnLRP and the Grad-CAM family. Captum's methods (an extra) and ``scorecam`` are left to
+``--method``: ``scorecam`` and ``occlusion`` cost hundreds of forward passes per map, again for every
+randomised model of the cascade."""
