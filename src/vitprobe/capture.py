@@ -35,7 +35,7 @@ from .io.preprocess import Geometry
 from .kernels import select_kernel
 from .kernels.base import LayerRequest, RowReducer, RowStatReducer
 from .kernels.buffers import empty_buffer
-from .kernels.torch_ops import attention_probs, query_row_probs
+from .kernels.torch_ops import attention_probs, from_probs, query_row_probs
 from .layout import TokenLayout
 
 Reducer = Callable[[torch.Tensor, TokenLayout], torch.Tensor]
@@ -60,7 +60,14 @@ class AttentionSite:
     names what the model applies inside its attention call (e.g. "a relative position bias"): q, k
     and the additive mask are then read from that ``scaled_dot_product_attention`` call. ``packed``:
     ``query`` is an ``nn.MultiheadAttention`` (``key`` the same module) whose one in-projection gives q
-    and k from the inputs of each call.
+    and k from the inputs of each call. ``qkv``: ``query`` is one linear layer (``key`` the same module)
+    whose output (B, T, 3·heads·d) holds q, k and v side by side.
+
+    ``joint`` (optional): the layer's attention is not one softmax over the model's sequence but one per
+    group of tokens (TimeSformer's divided attention: per frame, or per patch over the frames). The hooked
+    q and k are then those of the groups, (B·groups, heads, n, d), and ``joint`` writes their probabilities
+    (B·groups, heads, n, n) as one (B, heads, T, T) attention in the model's token order, which the
+    capture reduces like any other.
     """
 
     query: nn.Module
@@ -71,6 +78,8 @@ class AttentionSite:
     qk_transform: Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]] | None = None
     in_kernel: str | None = None
     packed: bool = False
+    qkv: bool = False
+    joint: Callable[[torch.Tensor], torch.Tensor] | None = None
 
 
 def shape_of(value: torch.Tensor | None) -> str:
@@ -88,6 +97,9 @@ class Capture:
     - ``reduced``: name -> (L, B, ...) outputs of the extra reducers;
     - ``token_norms``: (L, B, T) L2 norm of each layer's output tokens (when asked for);
     - ``pool``: (B, heads, T) the attention-pooling head's probe attention over every token (SigLIP);
+    - ``temporal``: a model with divided space-time attention (TimeSformer): what the same options recorded
+      of every layer's temporal attention, as a Capture of its own in the same joint layout (its ``cls`` is
+      None: the CLS token takes no part in it); None for every other model;
     - ``images``: the part of each original image the model saw, ``geometry`` how it was mapped;
     - ``logits``: (B, classes) when the model has a classification head;
     - ``pixels``: (B, 3, H, W) the preprocessed model input (for methods that run the model again);
@@ -111,9 +123,10 @@ class Capture:
     pixels: torch.Tensor | None = None
     n_layers: int | None = None
     kernels: tuple[str, ...] = ()
+    temporal: Capture | None = None
 
     def __repr__(self) -> str:
-        parts = [f"images={self.batch_size}", f"layers={_span(self.layers)}", f"grid={self.layout.grid_hw}",
+        parts = [f"images={self.batch_size}", f"layers={_span(self.layers)}", f"grid={self.layout.map_shape}",
                  f"prefix={self.layout.prefix_names}", f"cls={shape_of(self.cls)}"]
         parts += [f"fused[{how!r}]={shape_of(t)}" for how, t in self.fused.items()]
         if self.full:
@@ -125,6 +138,8 @@ class Capture:
             parts.append(f"pool={shape_of(self.pool)}")
         if self.logits is not None:
             parts.append(f"logits={shape_of(self.logits)}")
+        if self.temporal is not None:
+            parts.append("temporal=" + repr(self.temporal))
         return f"Capture({self.model_name!r}, " + ", ".join(parts) + ")"
 
     @property
@@ -133,7 +148,10 @@ class Capture:
             return len(self.geometry)
         if self.pool is not None:
             return self.pool.shape[0]
-        return next(iter(self._tensors())).shape[1]
+        tensors = list(self._tensors())
+        if tensors:
+            return tensors[0].shape[1]
+        return next(iter(self.full.values())).shape[0]
 
     def _tensors(self):
         if self.cls is not None:
@@ -240,7 +258,9 @@ class AttentionRecorder:
     def __enter__(self) -> AttentionRecorder:
         for layer in self.layers:
             site = self.sites[layer]
-            if site.packed:
+            if site.qkv:
+                self._handles.append(site.query.register_forward_hook(self._qkv_hook(layer)))
+            elif site.packed:
                 self._handles.append(site.query.register_forward_pre_hook(self._packed_hook(layer), with_kwargs=True))
             else:
                 self._handles.append(site.query.register_forward_hook(self._hook(layer, self._q)))
@@ -266,6 +286,16 @@ class AttentionRecorder:
 
         return hook
 
+    def _qkv_hook(self, layer: int):
+        site = self.sites[layer]
+
+        def hook(_module: nn.Module, _inputs, output: torch.Tensor) -> None:
+            qkv = output.detach().unflatten(-1, (3, site.num_heads, site.head_dim))  # (B, T, 3, heads, d)
+            self._arrive(layer, self._q, qkv[:, :, 0].transpose(1, 2))
+            self._arrive(layer, self._k, qkv[:, :, 1].transpose(1, 2))
+
+        return hook
+
     def _packed_hook(self, layer: int):
         def hook(mha: nn.MultiheadAttention, args: tuple, kwargs: dict) -> None:
             query = args[0] if args else kwargs["query"]
@@ -284,7 +314,8 @@ class AttentionRecorder:
             return
         store[layer] = value
         if layer in self._q and layer in self._k:
-            wait = self.sites[layer].in_kernel or (self.answers_sdpa and self._needs_all_rows(layer))
+            site = self.sites[layer]
+            wait = site.joint is None and (site.in_kernel or (self.answers_sdpa and self._needs_all_rows(layer)))
             if self._mode is not None and wait:
                 self._pending = layer
             else:
@@ -355,6 +386,9 @@ class AttentionRecorder:
         self._count[layer] += 1
         if site.qk_transform is not None:
             q, k = site.qk_transform(q, k)
+        if site.joint is not None:
+            self._reduce_probs(layer, site.joint(attention_probs(q, k, site.scale)))
+            return
         self._reduce_qk(layer, q, k, site.scale)
 
     def _reduce_qk(
@@ -373,20 +407,45 @@ class AttentionRecorder:
                 self.cls_rows[layer] = query_row_probs(q[:, :, i], k, scale, row_bias).cpu()
             return None
         batch, heads, t, _ = q.shape
+        request = self._request(layer, layout, batch, heads, t, q.device)
+        result = select_kernel(q.device, request)(q, k, scale, request, values, bias)
+        return self._record(layer, layout, request, result)
+
+    def _reduce_probs(self, layer: int, probs: torch.Tensor) -> None:
+        """Record ``layer`` from its attention probabilities (B, heads, T, T) in float32 (``AttentionSite.joint``)."""
+        layout = self.layout_for(probs.shape[-1])
+        self.layout = layout
+        batch, heads, t, _ = probs.shape
+        if not self._needs_all_rows(layer):
+            if self.want_cls and layout.has_cls:
+                self.cls_rows[layer] = probs[:, :, layout.cls_index].cpu()
+            return
+        request = self._request(layer, layout, batch, heads, t, probs.device)
+        self._record(layer, layout, request, from_probs(probs, request))
+
+    def _request(self, layer: int, layout: TokenLayout, batch: int, heads: int, t: int,
+                 device: torch.device) -> LayerRequest:
+        """What ``layer`` is reduced to, the reducers asked and started."""
+        streamed = [r for r in self.reducers.values() if isinstance(r, RowReducer)]
+        whole = [r for r in self.reducers.values() if not isinstance(r, (RowReducer, RowStatReducer))]
+        request = LayerRequest(
+            cls_index=layout.cls_index if self.want_cls and layout.has_cls else None,
+            fuse={how: self._fused_slot(how, layer, (batch, t, t), device) for how in self.fuse},
+            full=bool(whole) or layer in self.full_layers,
+            block_reducers=streamed,
+        )
+        for reducer in self.reducers.values():
+            if isinstance(reducer, RowStatReducer):
+                reducer.ask(request, layout, device)
+        for reducer in streamed:
+            reducer.start(batch, heads, layout, device)
+        return request
+
+    def _record(self, layer: int, layout: TokenLayout, request: LayerRequest, result) -> torch.Tensor | None:
+        """Keep what ``result`` (a kernel's ``LayerResult`` for ``request``) holds of ``layer``; its output P·V."""
         streamed = {name: r for name, r in self.reducers.items() if isinstance(r, RowReducer)}
         statistics = {name: r for name, r in self.reducers.items() if isinstance(r, RowStatReducer)}
         whole = {name: r for name, r in self.reducers.items() if name not in streamed and name not in statistics}
-        request = LayerRequest(
-            cls_index=layout.cls_index if self.want_cls and layout.has_cls else None,
-            fuse={how: self._fused_slot(how, layer, (batch, t, t), q.device) for how in self.fuse},
-            full=bool(whole) or layer in self.full_layers,
-            block_reducers=list(streamed.values()),
-        )
-        for reducer in statistics.values():
-            reducer.ask(request, layout, q.device)
-        for reducer in streamed.values():
-            reducer.start(batch, heads, layout, q.device)
-        result = select_kernel(q.device, request)(q, k, scale, request, values, bias)
         self.kernels.add(result.kernel)
         if result.cls is not None:
             self.cls_rows[layer] = result.cls.cpu()

@@ -16,13 +16,17 @@ def aggregate_layers(maps: torch.Tensor, how: str = "mean") -> torch.Tensor:
 
 
 def to_grid(rows: torch.Tensor, layout: TokenLayout) -> torch.Tensor:
-    """Attention rows over all tokens (..., T) -> patch-token part on the grid (..., H, W).
+    """Attention rows over all tokens (..., T) -> patch-token part on the grid (..., H, W), or
+    (..., t, H, W) for a video model (whatever its token order).
 
     Prefix tokens are dropped and the rest is NOT renormalised: values stay probabilities.
     """
     if rows.shape[-1] != layout.n_tokens:
         raise ValueError(f"rows have {rows.shape[-1]} tokens, layout expects {layout.n_tokens}")
-    return rows[..., layout.n_prefix :].reshape(*rows.shape[:-1], *layout.grid_hw)
+    patches = rows[..., layout.n_prefix :]
+    if layout.time_last:  # (row, col, step) order: step to the front of the grid
+        return patches.reshape(*rows.shape[:-1], *layout.grid_hw, layout.n_steps).movedim(-1, -3)
+    return patches.reshape(*rows.shape[:-1], *layout.map_shape)
 
 
 def cls_maps(cls_rows: torch.Tensor, layout: TokenLayout) -> torch.Tensor:
@@ -30,9 +34,10 @@ def cls_maps(cls_rows: torch.Tensor, layout: TokenLayout) -> torch.Tensor:
     return to_grid(cls_rows, layout)
 
 
-def query_map(attn: torch.Tensor, layout: TokenLayout, row: int, col: int) -> torch.Tensor:
-    """Attention of the patch at grid (row, col) over the patches: (B, heads, T, T) -> (B, heads, H, W)."""
-    return to_grid(attn[..., layout.patch_index(row, col), :], layout)
+def query_map(attn: torch.Tensor, layout: TokenLayout, row: int, col: int, step: int | None = None) -> torch.Tensor:
+    """Attention of the patch at grid (row, col) over the patches: (B, heads, T, T) -> (B, heads, H, W);
+    for a video model the patch of tubelet step ``step`` (None: the middle one) -> (B, heads, t, H, W)."""
+    return to_grid(attn[..., layout.patch_index(row, col, step), :], layout)
 
 
 def pixels_to_grid(values: torch.Tensor, grid_hw: tuple[int, int]) -> torch.Tensor:

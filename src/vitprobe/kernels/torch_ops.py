@@ -197,6 +197,28 @@ def attend(
     return result
 
 
+def from_probs(probs: torch.Tensor, request: LayerRequest) -> LayerResult:
+    """One layer's ``request`` from its attention probabilities (B, heads, T, T) float32 themselves, for
+    attention that is no single softmax of q·kᵀ over the sequence (TimeSformer's divided attention written
+    in the joint token order); ``RowReducer``s get the whole matrix as one block."""
+    batch, heads, t, _ = probs.shape
+    result = LayerResult("torch")
+    if request.cls_index is not None:
+        result.cls = probs[:, :, request.cls_index].clone()
+    for how, out in request.fuse.items():
+        out.copy_(fuse_heads(probs, how, dim=1))
+    if request.full:
+        result.full = probs
+    allocate_statistics(request, result, (batch, heads, t), probs.device)
+    # zero probabilities get a finite log, so 0·log 0 counts 0 in the entropy
+    scores = probs.clamp_min(torch.finfo(torch.float32).tiny).log()
+    block = AttentionBlock(slice(0, batch), slice(0, t), probs, scores)
+    block_statistics(block, request, result)
+    for reducer in request.block_reducers:
+        reducer.update(block)
+    return result
+
+
 def allocate_statistics(request: LayerRequest, result: LayerResult, shape: tuple[int, int, int],
                         device: torch.device) -> None:
     """Empty (B, heads, T) float32 tensors in ``result`` for every per-row statistic of ``request``."""

@@ -99,7 +99,8 @@ class Param:
             high = "inf" if self.high is None else f"{self.high:g}"
             return f"[{low}, {high}{')' if self.high_open else ']'}"
         return {"layer": "INT (negative: from the end)", "head": "INT or none (heads fused)",
-                "patch": "ROW,COL (default: grid centre)", "point": "X,Y (pixels of the original image)",
+                "patch": "ROW,COL or STEP,ROW,COL (default: grid centre)",
+                "point": "X,Y (pixels of the original image)",
                 "target": "INDEX, LABEL, self, image:PATH or text:PROMPT",
                 "int": "INT", "float": "FLOAT"}[self.kind]
 
@@ -107,6 +108,8 @@ class Param:
         """A value from command-line or form text; raises ``ValueError`` naming the option."""
         text = str(text).strip()
         try:
+            if self.kind == "int" and self.default is None and text.lower() in ("", "none"):
+                return None
             if self.kind in ("layer", "int"):
                 return self.check(int(text))
             if self.kind == "float":
@@ -116,8 +119,7 @@ class Param:
             if self.kind == "patch":
                 if text.lower() in ("", "none", "centre", "center"):
                     return None
-                row, col = (int(v) for v in text.split(","))
-                return self.check((row, col))
+                return self.check(tuple(int(v) for v in text.split(",")))
             if self.kind == "point":
                 if text.lower() in ("", "none"):
                     return None
@@ -140,6 +142,8 @@ class Param:
             if value not in self.choices:
                 raise bad
             return value
+        if value is None and self.default is None and self.kind in ("int", "float"):
+            return None  # an optional number left out
         if self.kind in ("layer", "int"):
             if isinstance(value, bool) or not isinstance(value, int):
                 raise bad
@@ -154,9 +158,9 @@ class Param:
         elif self.kind == "patch":
             if value is None:
                 return None
-            if not (isinstance(value, Sequence) and len(value) == 2 and all(isinstance(v, int) for v in value)):
+            if not (isinstance(value, Sequence) and len(value) in (2, 3) and all(isinstance(v, int) for v in value)):
                 raise bad
-            return (int(value[0]), int(value[1]))
+            return tuple(int(v) for v in value)
         elif self.kind == "point":
             if value is None:
                 return None

@@ -12,17 +12,18 @@ from .params import HEAD, HEAD_FUSION, LAYER
 
 
 def pick_heads(heads, p: dict[str, Any]):
-    """The one map of per-head maps (B, heads, H, W): head ``p["head"]``, or the heads fused by
-    ``p["head_fusion"]``; with the words that say which."""
+    """The one map of per-head maps (B, heads, H, W) (video: (B, heads, t, H, W)): head ``p["head"]``, or the
+    heads fused by ``p["head_fusion"]``; with the words that say which."""
     if p["head"] is not None:
         return heads[:, p["head"]], f"head {p['head']}"
-    return fuse_heads(heads, p["head_fusion"]), f"heads fused by {p['head_fusion']}"
+    return fuse_heads(heads, p["head_fusion"], dim=1), f"heads fused by {p['head_fusion']}"
 
 
 @register_method
 class ClsAttention(Method):
     """Detail: ``heads`` (B, heads, H, W) the raw CLS-row probabilities over the patches (prefix
-    tokens dropped, not renormalised). Panels: every head, then the mean / max / min over heads.
+    tokens dropped, not renormalised); for a video model maps are (B, t, H, W), heads (B, heads, t, H, W).
+    Panels: every head, then the mean / max / min over heads.
     ``artifacts="mask"``: see ``methods.artifacts``."""
 
     name = "cls"
@@ -39,5 +40,5 @@ class ClsAttention(Method):
         heads = cls_maps(cap.cls[cap.layer_position(layer)], ctx.layout)  # (B, heads, H, W)
         maps, which = pick_heads(heads, p)
         panels = [(f"head {i}", heads[:, i]) for i in range(heads.shape[1])]
-        panels += [(f"head {how}", fuse_heads(heads, how)) for how in FUSIONS]
+        panels += [(f"head {how}", fuse_heads(heads, how, dim=1)) for how in FUSIONS]
         return masked(ctx, p, Result(maps, f"CLS attention, layer {layer}, {which}", {"heads": heads}, panels))

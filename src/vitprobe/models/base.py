@@ -95,7 +95,9 @@ class VitModel:
 
     Copies: ``copy.deepcopy(model)`` and pickling give an independent model (its own module, and every
     function above bound to it), rebuilt by the adapter through ``rebuild``; ``rewrap(module)`` wraps
-    another module the same way. Threads: ``lock`` (re-entrant) is held around every pass that hooks or
+    another module the same way. ``temporal_sites``: a model with divided space-time attention (TimeSformer)
+    lists there each layer's temporal attention beside its spatial one in ``sites``; a capture then records
+    both (``Capture.temporal``). Threads: ``lock`` (re-entrant) is held around every pass that hooks or
     switches the module (captures, the readout, gradient passes), so calls from several threads on one
     model run one at a time, each giving the maps it gives alone; copies have their own lock.
     """
@@ -119,6 +121,7 @@ class VitModel:
     similarity: Callable[[torch.Tensor, Sequence[str]], torch.Tensor] | None = None
     feature: Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor | None]] | None = None
     rebuild: Rebuild | None = None
+    temporal_sites: list[AttentionSite] | None = None
     lock: AbstractContextManager = field(default_factory=threading.RLock, compare=False)
 
     def rewrap(self, module: nn.Module) -> VitModel:
@@ -268,6 +271,7 @@ class VitModel:
             return layout
 
         parts: list[AttentionRecorder] = []
+        temporal: list[AttentionRecorder] = []
         logits, pooled = [], []
         starts = range(0, pixels.shape[0], batch_size)
         for start in tqdm(starts, desc="capture", unit="batch", disable=not progress or len(starts) < 2):
@@ -276,26 +280,45 @@ class VitModel:
                 self.sites, layout_for, layer_ids, cls=layout.has_cls, fuse=fuse,
                 full_layers=full_ids, reducers=reducers, blocks=self.blocks if token_norms else None,
             )
-            with self.lock, recorder, PoolingRecorder(self.pool if pool else None) as pooling, torch.no_grad():
+            beside = AttentionRecorder(self.temporal_sites or [], layout_for, layer_ids if self.temporal_sites else [],
+                                       cls=False, fuse=fuse, full_layers=full_ids, reducers=reducers,
+                                       answer_sdpa=False)
+            with self.lock, recorder, beside, PoolingRecorder(self.pool if pool else None) as pooling, \
+                    torch.no_grad():
                 out = self.forward(batch)
             recorder.finish()
+            beside.finish()
+            if self.temporal_sites:
+                temporal.append(beside)
             if pool:
                 pooled.append(pooling.attention())
             parts.append(recorder)
             if out is not None:
                 logits.append(out.float().cpu())
 
-        def cat(get) -> torch.Tensor:
+        def cat(get, parts=parts) -> torch.Tensor:
             stacks = [stack_layers(get(r), layer_ids) for r in parts]
             return stacks[0] if len(stacks) == 1 else torch.cat(stacks, dim=1)  # one batch: no copy
 
+        def full_of(parts: list[AttentionRecorder]) -> dict[int, torch.Tensor]:
+            return {i: torch.cat([r.full[i] for r in parts]) if len(parts) > 1 else parts[0].full[i] for i in full_ids}
+
+        beside_capture = None
+        if temporal:
+            beside_capture = Capture(
+                layout=layout, layers=layer_ids, model_name=self.name,
+                fused={how: cat(lambda r, h=how: r.fused[h], temporal) for how in fuse}, full=full_of(temporal),
+                reduced={name: cat(lambda r, n=name: r.reduced[n], temporal) for name in (reducers or {})},
+                geometry=list(geometry or []), n_layers=self.num_layers,
+                kernels=tuple(sorted(set().union(*(r.kernels for r in temporal)))),
+            )
         return Capture(
             layout=layout,
             layers=layer_ids,
             model_name=self.name,
             cls=cat(lambda r: r.cls_rows) if layout.has_cls and layer_ids else None,
             fused={how: cat(lambda r, h=how: r.fused[h]) for how in fuse},
-            full={i: torch.cat([r.full[i] for r in parts]) if len(parts) > 1 else parts[0].full[i] for i in full_ids},
+            full=full_of(parts),
             reduced={name: cat(lambda r, n=name: r.reduced[n]) for name in (reducers or {})},
             token_norms=cat(lambda r: r.token_norms) if token_norms else None,
             pool=torch.cat(pooled) if pooled else None,
@@ -305,6 +328,7 @@ class VitModel:
             pixels=pixels,
             n_layers=self.num_layers,
             kernels=tuple(sorted(set().union(*(r.kernels for r in parts)))),
+            temporal=beside_capture,
         )
 
     def describe(self) -> dict:

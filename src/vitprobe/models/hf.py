@@ -146,6 +146,10 @@ def wrap(module: nn.Module, name: str, preprocess: PreprocessSpec | None = None,
     ``source``: the directory or hub id it came from (its tokenizer, for text prompts). Every function of
     the model runs ``module``; ``rebuild`` wraps a copy the same way."""
     family = family_of(module.config.model_type)
+    if family.video is not None:  # clips in, tubelets out
+        from .video import wrap_video
+
+        return wrap_video(module, name, preprocess, source)
     module.eval()
     family.prepare(module)
     vision = family.vision(module)
@@ -297,13 +301,24 @@ def load_hf(spec: str, attn_implementation: str | None = None) -> VitModel:
         config = transformers.AutoConfig.from_pretrained(spec, trust_remote_code=False, local_files_only=local_only)
     except (OSError, ValueError, TypeError, KeyError) as err:
         raise DamagedModel(f"{config_path}: {first_line(err)}") from None
-    processor_path = _cached(spec, "preprocessor_config.json", local_only)
+    names = ("video_preprocessor_config.json", "preprocessor_config.json") if family.video else (
+        "preprocessor_config.json",)
+    processor_path = next((p for p in (_cached(spec, n, local_only) for n in names) if p is not None), None)
     processor = read_json(processor_path) if processor_path is not None else None
     if processor is not None:
-        check_processor(processor, vision_config(config), processor_path)
+        shape = vision_config(config)
+        if family.video is not None:
+            from .video import processor_shape
+
+            shape = processor_shape(config, family.video)
+        check_processor(processor, shape, processor_path)
     weights = check_weights(config_path.parent) if Path(spec).expanduser().is_dir() else None
     arch = (config.architectures or [""])[0]
     cls = getattr(transformers, arch) if arch in family.classes else transformers.AutoModel
     kwargs = {"attn_implementation": attn_implementation} if attn_implementation else {}
     module = _from_pretrained(cls, spec, local_only, weights, **kwargs)
+    if family.video is not None:
+        from .video import clip_preprocess
+
+        return wrap(module, spec, clip_preprocess(processor, config, family.video), spec)
     return wrap(module, spec, preprocess_from_dict(processor, vision_config(config)), spec)

@@ -63,7 +63,8 @@ class HfFamily:
       directory)``: the image–text logits of a dual model, or None; ``prepare(module)`` adjusts a loaded
       model for capture (e.g. MAE runs unmasked); ``eager(module)``: a context in which its attention is
       computed in the open, for gradient methods; ``feature(module)``: LeGrad's per-layer image feature as its
-      authors compute it for the family (``VitModel.feature``), or None.
+      authors compute it for the family (``VitModel.feature``), or None; ``video``: what a video family
+      adds (``VideoFamily``), None for image families.
     """
 
     title: str
@@ -84,6 +85,7 @@ class HfFamily:
     eager: Callable[[nn.Module], AbstractContextManager] = eager_attention
     feature: Callable[[nn.Module], Feature | None] = _nothing
     gives: str = ""
+    video: VideoFamily | None = None
 
 
     @property
@@ -110,3 +112,29 @@ def square_grid(table: torch.Tensor, n_prefix: int) -> torch.Tensor | None:
     patches = table.detach().reshape(-1, table.shape[-1])[n_prefix:]
     side = int(round(patches.shape[0] ** 0.5))
     return patches.reshape(side, side, -1) if side * side == patches.shape[0] else None
+
+
+@dataclass(frozen=True)
+class VideoFamily:
+    """What a video transformer adds to its family: its clip and where its attention lies.
+
+    - ``frames(config)``: input frames per clip F; ``tubelet(config)``: frames per tubelet step;
+      ``grid(config)``: the patch grid (H, W); ``patch(config)``: the patch side in pixels — all read from
+      the model's config, never assumed;
+    - ``time_last``: patch tokens in (row, col, step) order (TimeSformer) instead of (step, row, col);
+    - ``sites(vision, config)``: the attention sites where q and k are not found as separate projections
+      (None: the usual search); ``temporal_sites(vision, config)``: the temporal attention of divided
+      space-time attention, or None;
+    - ``rescale_offset(processor dict)``: what the processor adds after rescaling (ViViT: −1);
+    - ``why_not(config)``: why a config of the family cannot be captured (one line), or None.
+    """
+
+    frames: Callable[[Any], int]
+    tubelet: Callable[[Any], int]
+    grid: Callable[[Any], tuple[int, int]]
+    patch: Callable[[Any], int]
+    time_last: bool = False
+    sites: Callable[[nn.Module, Any], list] | None = None
+    temporal_sites: Callable[[nn.Module, Any], list] | None = None
+    rescale_offset: Callable[[dict], float] = lambda _proc: 0.0
+    why_not: Callable[[Any], str | None] = lambda _config: None
