@@ -231,3 +231,10 @@ def test_the_processor_settings_are_used(video_dirs, tmp_path):
     mae = vp.load(video_dirs["videomae"])
     pixels, _, _ = mae.prepare(grey)
     assert torch.allclose(pixels[0, 0, 0], torch.full((SIDE, SIDE), (51 / 255 - 0.485) / 0.229), atol=1e-5)
+
+
+@pytest.mark.parametrize("method", ["gradrollout", "flow", "positions", "gradcam"])
+def test_image_methods_refuse_video_models_in_one_line(video_models, clip, method):
+    with pytest.raises(ValueError, match=f"method '{method}' draws image maps; video models take cls, query") as err:
+        vp.attribute(video_models["vivit"], clip, method=method)
+    assert "\n" not in str(err.value)

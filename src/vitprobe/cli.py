@@ -140,8 +140,11 @@ def family_lines() -> list[str]:
         if family.title in seen:
             continue
         seen.add(family.title)
+        from .methods.base import video_methods
+
         usable = [m.name for m in registered()
-                  if ("cls" not in m.requires or family.has_cls) and ("pool" not in m.requires or family.has_pool)]
+                  if ("cls" not in m.requires or family.has_cls) and ("pool" not in m.requires or family.has_pool)
+                  and (family.video is None or m.name in video_methods())]
         lines.append(f"  {family.title} ({', '.join(family.model_types)}); tokens: {family.tokens}; "
                      f"methods: {', '.join(usable)}; e.g. {family.checkpoint}")
     return lines

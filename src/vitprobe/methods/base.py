@@ -304,6 +304,8 @@ class Method(ABC):
     summary: ClassVar[str]
     params: ClassVar[tuple[Param, ...]] = ()
     requires: ClassVar[tuple[str, ...]] = ()
+    video: ClassVar[bool] = False
+    """Whether the method draws maps with a time axis (B, t, H, W) for video models; others refuse them."""
 
     @abstractmethod
     def needs(self, ctx: Context, p: dict[str, Any]) -> Needs:
@@ -316,6 +318,8 @@ class Method(ABC):
     def check_model(self, layout: TokenLayout, has_classifier: bool | None) -> None:
         """Raise ``ValueError`` (one line) when the model lacks what the method requires
         (``has_classifier`` None: unknown, as for a capture without logits)."""
+        if layout.has_time and not self.video:
+            raise ValueError(f"method {self.name!r} draws image maps; video models take {', '.join(video_methods())}")
         if "cls" in self.requires and not layout.has_cls:
             raise ValueError(f"method {self.name!r}: {NO_CLS_MESSAGE}")
         if "classifier" in self.requires and has_classifier is False:
@@ -372,6 +376,11 @@ def get_method(name: str) -> Method:
     if name not in _REGISTRY:
         raise ValueError(f"unknown method {name!r}; use one of {', '.join(method_names())}")
     return _REGISTRY[name]
+
+
+def video_methods() -> list[str]:
+    """Names of the methods that draw maps with a time axis for video models."""
+    return [name for name in method_names() if _REGISTRY[name].video]
 
 
 def method_names() -> list[str]:

@@ -30,6 +30,7 @@ class ClsAttention(Method):
     summary = "CLS token's attention over the patches in one layer, per head and head-fused"
     params = (LAYER, HEAD_FUSION, HEAD, ARTIFACTS)
     requires = ("cls",)
+    video = True
 
     def needs(self, ctx: Context, p: dict[str, Any]) -> Needs:
         return Needs(cls_layers=frozenset({ctx.resolve_layer(p["layer"])})) | artifact_needs(p)

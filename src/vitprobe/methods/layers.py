@@ -24,6 +24,7 @@ class LayerAggregation(Method):
     summary = "CLS maps of every layer (heads fused) aggregated over the layers by mean, max or min"
     params = (LAYER_FUSION, HEAD_FUSION, HEAD, ARTIFACTS)
     requires = ("cls",)
+    video = True
 
     def needs(self, ctx: Context, p: dict[str, Any]) -> Needs:
         return Needs(cls_layers=frozenset(range(ctx.n_layers))) | artifact_needs(p)

@@ -28,6 +28,7 @@ class QueryAttention(Method):
     name = "query"
     summary = "one patch's attention over the patches in one layer (DINO's query view), per head and fused"
     params = (LAYER, PATCH, QUERY_XY, FRAME, HEAD_FUSION, HEAD)
+    video = True
 
     def needs(self, ctx: Context, p: dict[str, Any]) -> Needs:
         return Needs(full_layers=frozenset({ctx.resolve_layer(p["layer"])}))

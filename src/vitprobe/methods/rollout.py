@@ -21,6 +21,7 @@ class Rollout(Method):
     summary = "attention rollout: ½A + ½I of the fused heads multiplied through every layer, CLS row"
     params = (HEAD_FUSION, DISCARD_RATIO, ARTIFACTS)
     requires = ("cls",)
+    video = True
 
     def needs(self, ctx: Context, p: dict[str, Any]) -> Needs:
         return Needs(fuse=frozenset({p["head_fusion"]})) | artifact_needs(p)
