@@ -287,3 +287,24 @@ def test_grids_say_whether_panels_share_a_scale():
     assert notes[0] == ["each panel on its own colour scale (min to 99th percentile)"]
     assert notes[1] == ["one colour scale for all panels (min to 99th percentile)"]
     assert len([ax for ax in head_grid(grey(40, 40), maps).axes if not ax.images]) == 3  # a colour bar per head
+
+
+def test_maps_of_both_signs_are_centred_at_zero_in_a_diverging_colormap():
+    """A signed map (IG, occlusion, AttnLRP) gets the diverging colormap on (−m, m), m the clip percentile of
+    |value|; a non-negative map keeps the sequential one from its min."""
+    from PIL import Image as PILImage
+
+    from vitprobe.render.colormap import is_signed, signed_range
+    from vitprobe.render.figures import grid_figure
+    from vitprobe.render.style import Style
+
+    signed = np.linspace(-1.0, 3.0, 16).reshape(4, 4)
+    assert is_signed(signed) and not is_signed(np.abs(signed)) and not is_signed(np.zeros((2, 2)))
+    assert signed_range(signed) == (-3.0, 3.0)
+    low, high = signed_range(signed, 50)
+    assert low == -high and high == pytest.approx(np.percentile(np.abs(signed), 50))
+    image = PILImage.new("RGB", (32, 32), "grey")
+    fig = grid_figure(image, [("signed", signed), ("positive", np.abs(signed))], style=Style(clip=100))
+    bars = [ax._colorbar.mappable for ax in fig.axes if getattr(ax, "_colorbar", None) is not None]
+    low = float(np.abs(signed).min())  # the non-negative map's own minimum
+    assert [(b.norm.vmin, b.norm.vmax, b.cmap.name) for b in bars] == [(-3.0, 3.0, "RdBu_r"), (low, 3.0, "inferno")]

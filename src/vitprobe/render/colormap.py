@@ -33,6 +33,19 @@ def value_range(
     return lo, hi
 
 
+def is_signed(values: MapLike) -> bool:
+    """Whether a map holds both negative and positive values (drawn centred at zero)."""
+    arr = as_numpy(values)
+    return bool(arr.size) and float(np.nanmin(arr)) < 0.0 < float(np.nanmax(arr))
+
+
+def signed_range(values: MapLike, clip: float | None = None) -> tuple[float, float]:
+    """(−m, m): m the largest absolute value of a map, or its ``clip`` percentile (in (0, 100])."""
+    magnitude = np.abs(as_numpy(values))
+    m = float(magnitude.max() if clip is None else np.percentile(magnitude, clip))
+    return -m, m
+
+
 def normalize(
     values: MapLike, mode: str = "minmax", vmin: float | None = None, vmax: float | None = None,
     clip: float | None = None,

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -21,7 +22,7 @@ from PIL import Image
 
 from ..io.files import atomic_write
 from .canvas import new_figure
-from .colormap import MapLike, as_numpy, value_range
+from .colormap import MapLike, as_numpy, is_signed, signed_range, value_range
 from .overlay import overlay
 from .style import Style
 
@@ -194,8 +195,11 @@ def grid_figure(
         raise ValueError(f"unknown normalize {normalize!r}; use one of {NORMALIZE_MODES}")
     heats = [as_numpy(m) for _, m in panels]
     maps = [h for h in heats if h.ndim == 2]  # (h, w, 3) panels are pictures, drawn as they are
-    shared = value_range(np.concatenate([h.ravel() for h in maps]), clip=style.clip) if maps else (0.0, 1.0)
-    bounds = [shared if normalize == "shared" else value_range(h, clip=style.clip) for h in heats]
+    signed = [h.ndim == 2 and is_signed(h) for h in heats]
+    everything = np.concatenate([h.ravel() for h in maps]) if maps else np.zeros(1)
+    shared = signed_range(everything, style.clip) if any(signed) else value_range(everything, clip=style.clip)
+    bounds = [shared if normalize == "shared" else signed_range(h, style.clip) if sign else
+              value_range(h, clip=style.clip) for h, sign in zip(heats, signed, strict=True)]
     view = _thumbnail(image)
     shrink = view.width / image.width
     n = len(panels) + 1 + (predictions is not None)
@@ -208,7 +212,8 @@ def grid_figure(
     note = ""
     if style.colorbar and len(panels) > 1:
         note = "one colour scale for all panels" if normalize == "shared" else "each panel on its own colour scale"
-        note += f" (min to {'max' if style.clip >= 100 else f'{style.clip:g}th percentile'})"
+        top = "max" if style.clip >= 100 else f"{style.clip:g}th percentile"
+        note += f" (min to {top}" + (f"; maps of both signs ±{top} of |value|, centred at 0)" if any(signed) else ")")
     title_in = (TITLE_IN if title else 0.0) + (NOTE_IN if note else 0.0)
     fig_w = 2 * MARGIN_IN + cols * panel_w + (cols - 1) * GAP_IN
     fig_h = 2 * MARGIN_IN + title_in + rows * row_h + (rows - 1) * GAP_IN
@@ -217,10 +222,13 @@ def grid_figure(
     def box(left_in: float, bottom_in: float, w_in: float, h_in: float) -> list[float]:
         return [left_in / fig_w, bottom_in / fig_h, w_in / fig_w, h_in / fig_h]
 
-    cells = [("image", None, (0.0, 0.0))] + [(p[0], h, b) for p, h, b in zip(panels, heats, bounds, strict=True)]
+    centred = any(signed) if normalize == "shared" else None
+    cells = [("image", None, (0.0, 0.0), False)] + [
+        (p[0], h, b, sign if centred is None else centred)
+        for p, h, b, sign in zip(panels, heats, bounds, signed, strict=True)]
     if predictions is not None:
-        cells.append((None, None, (0.0, 0.0)))  # the predictions cell
-    for k, (label, heat, (lo, hi)) in enumerate(cells):
+        cells.append((None, None, (0.0, 0.0), False))  # the predictions cell
+    for k, (label, heat, (lo, hi), diverging) in enumerate(cells):
         row, col = divmod(k, cols)
         left = MARGIN_IN + col * (panel_w + GAP_IN)
         bottom = fig_h - MARGIN_IN - title_in - row * (row_h + GAP_IN) - LABEL_IN - panel_h
@@ -233,16 +241,18 @@ def grid_figure(
         if heat is not None and heat.ndim == 3:
             ax.imshow(np.clip(heat, 0.0, 1.0), interpolation="nearest")
             continue
-        ax.imshow(np.asarray(view if heat is None else overlay(view, heat, style, lo, hi)), aspect="auto")
+        drawn = replace(style, cmap=style.signed_cmap) if diverging else style
+        ax.imshow(np.asarray(view if heat is None else overlay(view, heat, drawn, lo, hi)), aspect="auto")
         for x, y in marks:
             ax.plot([x * shrink - 0.5], [y * shrink - 0.5], marker="+", markersize=9, markeredgewidth=1.8,
                     color=MARK_COLOUR)
         if heat is not None and style.colorbar:
             cax = fig.add_axes(box(left + 0.1 * panel_w, bottom - CBAR_GAP_IN - CBAR_H_IN, 0.8 * panel_w, CBAR_H_IN))
+            beyond = (heat.min() < lo, heat.max() > hi)  # arrows: values past the bar saturate
             bar = fig.colorbar(
-                ScalarMappable(Normalize(lo, hi), matplotlib.colormaps[style.cmap]), cax=cax,
+                ScalarMappable(Normalize(lo, hi), matplotlib.colormaps[drawn.cmap]), cax=cax,
                 orientation="horizontal",
-                extend="max" if hi < heat.max() else "neither",  # an arrow: values above the bar saturate
+                extend={(True, True): "both", (True, False): "min", (False, True): "max"}.get(beyond, "neither"),
             )
             bar.set_ticks([lo, hi], labels=[_tick_label(lo, hi - lo), _tick_label(hi, hi - lo)])
             bar.ax.tick_params(labelsize=7, length=2, pad=1)

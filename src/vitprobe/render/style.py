@@ -16,19 +16,23 @@ class Style:
     """``cmap`` (a matplotlib colormap), heat ``alpha`` over the image in [0, 1], ``clip`` (the
     percentile of each map drawn as the top of its colour scale, in (0, 100]; 100: its max),
     ``upsample`` from the patch grid to pixels ("bilinear" or "nearest") and whether figures carry a
-    ``colorbar`` per panel. Invalid values raise ``ValueError`` naming the option."""
+    ``colorbar`` per panel. A map with both signs (Integrated Gradients, occlusion, AttnLRP, position
+    similarities) is drawn in ``signed_cmap``, a diverging colormap centred at zero, from −m to m with m
+    the ``clip`` percentile of its absolute values. Invalid values raise ``ValueError`` naming the option."""
 
     cmap: str = "inferno"
     alpha: float = 0.5
     clip: float = DEFAULT_CLIP
     upsample: str = "bilinear"
     colorbar: bool = True
+    signed_cmap: str = "RdBu_r"
 
     def __post_init__(self) -> None:
         import matplotlib  # here, so the command line's option defaults import no matplotlib
 
-        if self.cmap not in matplotlib.colormaps:
-            raise ValueError(f"--cmap takes a matplotlib colormap name (e.g. inferno, viridis), got {self.cmap!r}")
+        for cmap in (self.cmap, self.signed_cmap):
+            if cmap not in matplotlib.colormaps:
+                raise ValueError(f"--cmap takes a matplotlib colormap name (e.g. inferno, viridis), got {cmap!r}")
         if not 0.0 <= self.alpha <= 1.0:
             raise ValueError(f"--alpha takes a value in [0, 1], got {self.alpha}")
         if not 0.0 < self.clip <= 100.0:
