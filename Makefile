@@ -1,5 +1,6 @@
 # `make demo`: set up and explain the three sample photos with the offline default model.
-# `make test`: set up (with dev tools) and run the lint and the whole test suite.
+# `make test`: set up (with dev tools) and run the lint and the whole test suite (the wheel's smoke test included).
+# `make dist`: build the sdist and the wheel into dist/.
 # Both are idempotent: the installs run again only when pyproject.toml changes.
 PYTHON ?= python3
 VENV ?= .venv
@@ -8,7 +9,7 @@ PIP := $(BIN)/pip install -q --disable-pip-version-check
 TORCH_PIN := torch==2.13.0
 SAMPLES := samples/chelsea.png samples/astronaut.png samples/coffee.png
 
-.PHONY: setup setup-dev browser demo test clean
+.PHONY: setup setup-dev browser demo test dist clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -54,5 +55,11 @@ test: setup-dev
 	$(BIN)/ruff check .
 	$(BIN)/python -m pytest -q
 
+# The sdist and the wheel in dist/. `make test` builds them too (tests/test_package.py), installs the wheel
+# into a fresh venv and runs the quickstart, explain and analyze from it, outside the clone.
+dist: $(BIN)/python
+	$(PIP) "build>=1"
+	$(BIN)/python -m build --outdir dist
+
 clean:
-	rm -rf $(VENV) demo_out samples
+	rm -rf $(VENV) demo_out samples dist

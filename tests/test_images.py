@@ -325,5 +325,5 @@ def test_write_samples_without_scikit_image(tmp_path: Path, monkeypatch: pytest.
     monkeypatch.setitem(sys.modules, "skimage", None)
     with pytest.raises(RuntimeError) as caught:
         write_samples(tmp_path)
-    assert str(caught.value) == "sample photos need scikit-image: pip install -e '.[samples]'"
+    assert str(caught.value) == "writing the sample photos needs scikit-image: pip install 'vitprobe[samples]'"
     assert not any(tmp_path.iterdir())

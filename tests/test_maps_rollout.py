@@ -126,9 +126,13 @@ def test_head_fusion_and_layer_aggregation():
     mean = fuse_heads(attn, "mean", dim=1)
     assert torch.allclose(mean.sum(-1), torch.ones(()), atol=1e-6)
     assert torch.all(fuse_heads(attn, "max", dim=1) >= mean) and torch.all(fuse_heads(attn, "min", dim=1) <= mean)
-    stack = torch.rand(5, 2, 3, 4).double()
-    np.testing.assert_allclose(aggregate_layers(stack, "mean").numpy(), stack.numpy().mean(0))
-    np.testing.assert_allclose(aggregate_layers(stack, "min").numpy(), stack.numpy().min(0))
+    stack = torch.rand(5, 2, 3, 4).double()  # (L, B, H, W)
+    np.testing.assert_allclose(aggregate_layers(stack, "mean", dim=0).numpy(), stack.numpy().mean(0))
+    np.testing.assert_allclose(aggregate_layers(stack, "min", dim=0).numpy(), stack.numpy().min(0))
+    batch_first = stack.transpose(0, 1)  # (B, L, H, W), as every detail holds layers
+    np.testing.assert_allclose(aggregate_layers(batch_first, "max", dim=1).numpy(), stack.numpy().max(0))
+    with pytest.raises(TypeError, match=r"dim=1 for batch-first maps \(B, L, ...\)"):
+        aggregate_layers(stack, "mean")  # an old layers-first call fails, never averages the batch
     with pytest.raises(ValueError, match="unknown fusion"):
         fuse_heads(attn, "median")
 

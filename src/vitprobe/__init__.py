@@ -5,9 +5,10 @@ other name is imported on first use, so ``vitprobe --help`` and ``import vitprob
 load torch only when something needs it.
 """
 
-from importlib import import_module, metadata
+from importlib import import_module
 from typing import Any
 
+from ._version import __version__
 from .methods import (
     Attribution,
     Method,
@@ -25,8 +26,6 @@ from .methods import (
     register_method,
 )
 
-__version__ = metadata.version("vitprobe")
-
 _LAZY: dict[str, tuple[str, str | None]] = {
     "aggregate_layers": (".analysis.maps", "aggregate_layers"),
     "AnalyzeOptions": (".runner", "AnalyzeOptions"),
@@ -34,6 +33,7 @@ _LAZY: dict[str, tuple[str, str | None]] = {
     "AttentionBlock": (".kernels.base", "AttentionBlock"),
     "Capture": (".capture", "Capture"),
     "CaptureError": (".capture", "CaptureError"),
+    "cls_entropy": (".analysis.entropy", "cls_entropy"),
     "families": (".models", "families"),
     "find_keypoints": (".analysis.keypoints", "find"),
     "from_attentions": (".byo", "from_attentions"),
@@ -63,6 +63,7 @@ _LAZY: dict[str, tuple[str, str | None]] = {
     "Threshold": (".analysis.thresholds", "Threshold"),
     "TokenLayout": (".layout", "TokenLayout"),
     "UnsupportedModelError": (".models", "UnsupportedModelError"),
+    "uniform_distance": (".analysis.distance", "uniform_distance"),
     "upsample_map": (".analysis.upsample", "upsample_map"),
     "VitModel": (".models", "VitModel"),
     "write_samples": (".io.samples", "write_samples"),
@@ -70,7 +71,25 @@ _LAZY: dict[str, tuple[str, str | None]] = {
 """Public name -> (module, attribute in it; None: the module itself)."""
 
 
+REMOVED: dict[str, str] = {
+    "rollout": 'vp.attribute(model, images, method="rollout", discard_ratio=...)',
+    "cls_attention": 'vp.attribute(model, images, method="cls", layer=...) (per head: .detail["heads"]); '
+                     'every layer: method="layers", .detail["layers_heads"] (B, L, heads, H, W)',
+    "query_attention": 'vp.attribute(model, images, method="query", patch=(row, col), layer=...)',
+    "class_maps": 'vp.attribute(model, images, method="chefer", target=...) (or method="gradrollout")',
+    "ClassMaps": 'the Attribution that vp.attribute(model, images, method="chefer", target=...) returns',
+    "classmap_figure": 'vp.render.attribution_figure(vp.attribute(model, images, method="chefer", target=...))',
+}
+"""Names an earlier vitprobe exported -> what replaces them (the one verb ``vp.attribute``)."""
+
+
+class RemovedName(AttributeError):
+    """A name an earlier vitprobe had; the message (one line) names its replacement."""
+
+
 def __getattr__(name: str) -> Any:
+    if name in REMOVED:
+        raise RemovedName(f"vp.{name} was removed: use {REMOVED[name]}")
     if name not in _LAZY:
         raise AttributeError(f"module 'vitprobe' has no attribute {name!r}")
     module, attr = _LAZY[name]
@@ -96,6 +115,7 @@ __all__ = [
     "capture_for",
     "CaptureError",
     "check",
+    "cls_entropy",
     "families",
     "find_keypoints",
     "from_attentions",
@@ -134,6 +154,7 @@ __all__ = [
     "Style",
     "Threshold",
     "TokenLayout",
+    "uniform_distance",
     "UnsupportedModelError",
     "upsample_map",
     "VitModel",

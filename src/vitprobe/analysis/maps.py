@@ -10,9 +10,17 @@ from ..layout import TokenLayout
 __all__ = ["FUSIONS", "aggregate_layers", "cls_maps", "fuse_heads", "pixels_to_grid", "query_map", "to_grid"]
 
 
-def aggregate_layers(maps: torch.Tensor, how: str = "mean") -> torch.Tensor:
-    """Aggregate over layers: (L, ...) -> (...)."""
-    return reduce_over(maps, how, 0)
+def aggregate_layers(maps: torch.Tensor, how: str = "mean", *, dim: int | None = None) -> torch.Tensor:
+    """Mean / max / min over the layer axis ``dim`` (keyword, required): ``dim=1`` for batch-first maps
+    (B, L, ...) as every method's detail holds them (``res.detail["layers"]`` (B, L, H, W) -> (B, H, W)),
+    ``dim=0`` for layers-first stacks (L, B, ...).
+
+    There is no default: this function reduced dim 0 until vitprobe 0.2, and a silent default of 1 would
+    turn an old layers-first call into a mean over the batch."""
+    if dim is None:
+        raise TypeError("aggregate_layers needs the layer axis: dim=1 for batch-first maps (B, L, ...) as in "
+                        "res.detail['layers'], dim=0 for layers-first (L, B, ...)")
+    return reduce_over(maps, how, dim)
 
 
 def to_grid(rows: torch.Tensor, layout: TokenLayout) -> torch.Tensor:

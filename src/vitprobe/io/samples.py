@@ -7,6 +7,8 @@ from pathlib import Path
 
 from PIL import Image
 
+from ..extras import missing_message
+
 SAMPLE_NAMES = ("chelsea", "astronaut", "coffee")
 """Photos bundled with scikit-image itself, so writing them needs no download."""
 
@@ -24,7 +26,7 @@ def write_samples(out_dir: Path, names: Iterable[str] = SAMPLE_NAMES) -> list[Pa
     try:
         from skimage import data
     except ImportError as exc:
-        raise RuntimeError("sample photos need scikit-image: pip install -e '.[samples]'") from exc
+        raise RuntimeError(missing_message("writing the sample photos", "scikit-image", "samples")) from exc
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     written = []

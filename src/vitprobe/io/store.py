@@ -35,12 +35,12 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
+from ..extras import require_extra
 from .files import FULL_ERRNOS, DiskFull, atomic_write_bytes, atomic_write_text, fsync_dir, share
 from .files import TMP_PREFIX as _TMP
 
 log = logging.getLogger(__name__)
 
-ANALYZE_EXTRA = "pip install -e '.[analyze]'"
 RECORD_COLUMNS = ("image", "layer", "head", "metric", "value")
 MANIFEST = "manifest.json"
 BATCH_FILES = ("records.parquet", "failures.json", "state.safetensors")
@@ -59,13 +59,9 @@ _HELD: dict[Path, int] = {}
 
 
 def require(module: str):
-    """Import an optional dependency of the ``analyze`` extra, or fail with a one-line hint."""
-    import importlib
-
-    try:
-        return importlib.import_module(module)
-    except ImportError:
-        raise ImportError(f"{module} is missing; dataset runs need the analyze extra: {ANALYZE_EXTRA}") from None
+    """Import a dependency of dataset runs (pyarrow, jinja2: part of the base install), or fail with a
+    one-line hint (they can still be missing from an environment someone pruned)."""
+    return require_extra(module, None, "a dataset run")
 
 
 def records_table(columns: dict[str, list]):

@@ -23,6 +23,7 @@ from types import ModuleType
 import torch
 
 from ..cache import cache_dir
+from ..extras import missing_message
 from .base import LayerRequest, LayerResult
 from .torch_ops import allocate_statistics
 
@@ -68,7 +69,7 @@ def _load() -> ModuleType:
     if not cpp_extension.is_ninja_available():
         _put_ninja_on_path()
     if not cpp_extension.is_ninja_available():
-        raise RuntimeError("ninja is not installed (pip install ninja)")
+        raise RuntimeError(missing_message("the C++ kernel", "ninja", None))
     directory = build_dir()
     directory.mkdir(parents=True, exist_ok=True)
     name = "vitprobe_attention_" + directory.name.split("-")[-1]

@@ -11,10 +11,17 @@ from __future__ import annotations
 from typing import Any
 
 from ..analysis.tokens import artifact_mask, fill_masked, patch_norms
+from ..panels import Panels
 from .base import Context, Needs, Param, Result
 
 ARTIFACTS = Param("artifacts", "keep", "mask artifact patches (outlier-norm tokens, isolated peaks) out of the map",
                   "choice", choices=("keep", "mask"))
+
+ARTIFACT_DETAILS = {
+    "raw": "(B, H, W) the map before its artifact patches were masked (artifacts=mask only)",
+    "artifacts": "(B, H, W) 1 at each masked artifact patch, else 0 (artifacts=mask only)",
+}
+"""The detail a method with the ``artifacts`` parameter adds (declare it in the method's ``details``)."""
 
 
 def artifact_needs(p: dict[str, Any]) -> Needs:
@@ -33,8 +40,8 @@ def masked(ctx: Context, p: dict[str, Any], result: Result) -> Result:
     maps = fill_masked(result.maps, mask)
     counts = sorted({int(n) for n in mask.flatten(1).sum(1)})
     words = " or ".join(map(str, counts))
-    panels = [("artifacts masked", maps), ("raw (artifacts kept)", result.maps),
-              *[(label, m) for label, m in result.panels if m is not result.maps]]
+    panels = Panels(lambda: [("artifacts masked", maps), ("raw (artifacts kept)", result.maps),
+                             *[(label, m) for label, m in result.panels if m is not result.maps]])
     return Result(maps, f"{result.title}, {words} artifact patch{'es' * (counts != [1])} masked",
                   {**result.detail, "raw": result.maps, "artifacts": mask.float()}, panels, result.targets,
                   result.logits, result.marks)

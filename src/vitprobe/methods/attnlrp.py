@@ -292,6 +292,8 @@ class AttnLRP(Method):
     summary = "AttnLRP (Achtibat et al. 2024): layer-wise relevance of a target at the input pixels, per patch"
     params = (TARGET, VARIANT)
     requires = ("gradients",)
+    details = {"pixels": "(B, H_in, W_in) the relevance at each input pixel, summed over colour channels",
+               "score": "(B,) the explained score"}
 
     def needs(self, ctx: Context, p: dict[str, Any]) -> Needs:
         return Needs(gradients=True)

@@ -8,11 +8,16 @@ from typing import TYPE_CHECKING, Any
 from .base import Attribution, Context, Method, MissingCapture, Needs, get_method
 
 if TYPE_CHECKING:
-    from ..capture import Capture
+    from ..capture import Capture, Reducer
+    from ..kernels.base import RowReducer, RowStatReducer
     from ..models.base import ImageInput, VitModel
 
 MethodSpec = str | tuple[str, dict[str, Any]]
 """A method by name, or (name, its own parameters) to run one method several times with different ones."""
+
+DEFAULT_METHOD = "rollout"
+"""The method ``attribute`` and ``capture_for`` take when none is named (the same one, so that
+``attribute(capture_for(model, images))`` draws what was recorded)."""
 
 
 def _is_single(method: MethodSpec | Sequence[MethodSpec]) -> bool:
@@ -93,27 +98,55 @@ def check(model: VitModel, method: MethodSpec | Sequence[MethodSpec], **params: 
 def capture_for(
     model: VitModel,
     images: ImageInput | Sequence[ImageInput],
-    method: MethodSpec | Sequence[MethodSpec] = "cls",
+    method: MethodSpec | Sequence[MethodSpec] | None = DEFAULT_METHOD,
     *,
     size: tuple[int, int] | None = None,
     batch_size: int = 8,
     progress: bool = False,
+    full_layers: Sequence[int] = (),
+    reducers: dict[str, Reducer | RowReducer | RowStatReducer] | None = None,
     **params: Any,
 ) -> Capture:
-    """One capture holding what the methods need (a forward pass; gradients are not part of it), so
-    ``attribute(capture, method=..., **params)`` can draw them later without running the model."""
+    """One capture (one forward pass; gradients are not part of it) planned from what ``method`` needs,
+    so ``attribute(capture, method=..., **params)`` draws those methods later without running the model.
+
+    The one way to each capture choice:
+
+    - CLS rows only, (L, B, heads, T) in ``cap.cls``: ``method="layers"`` (every layer) or
+      ``method="cls", layer=k`` (one layer); nothing of size T×T is kept;
+    - head-fused matrices of every layer, (L, B, T, T) in ``cap.fused``: ``method="rollout"``
+      (``head_fusion=`` picks the fusion);
+    - full attention (B, heads, T, T) of some layers in ``cap.full``: ``full_layers=[k, ...]``
+      (negative: from the end), beside whatever the methods need (``method="query", layer=k`` keeps
+      layer k in full too);
+    - streamed reductions of every layer, (L, B, ...) in ``cap.reduced[name]``: ``reducers={name:
+      reducer}``, each a ``vp.RowReducer`` (fed block by block: no T×T map is held, as ``vp.MeanDistance``
+      and ``vp.RowEntropy``), a ``vp.RowStatReducer`` or a function ``(attn (B, heads, T, T), layout) ->
+      (B, ...)``; they run on every layer.
+
+    ``method=None`` records only what ``full_layers`` and ``reducers`` ask for (CLS rows come with every
+    recorded layer).
+    """
     pixels, views, geometry = _prepare(model, images, size)
-    chosen = _specs(method, params)
+    chosen = [] if method is None else _specs(method, params)
+    if method is None and params:
+        raise ValueError(f"method=None takes no method parameters (got {sorted(params)[0]!r})")
     ctx = _context(model, model.layout(tuple(pixels.shape[-2:])))
     needs = _plan(ctx, chosen, bool(model.labels) or None)
+    needs = needs | Needs(full_layers=frozenset(model.resolve_layers(full_layers)))
+    if not needs.forward and not reducers:
+        raise ValueError("nothing to capture: name a method, full_layers or reducers")
+    kwargs = needs.capture_kwargs()
+    if reducers:
+        kwargs["layers"] = None  # reducers run on every layer
     return model.capture_pixels(pixels, views=views, geometry=geometry, batch_size=batch_size, progress=progress,
-                                **needs.capture_kwargs())
+                                reducers=reducers, **kwargs)
 
 
 def attribute(
     subject: VitModel | Capture,
     images: ImageInput | Sequence[ImageInput] | None = None,
-    method: MethodSpec | Sequence[MethodSpec] = "rollout",
+    method: MethodSpec | Sequence[MethodSpec] = DEFAULT_METHOD,
     *,
     size: tuple[int, int] | None = None,
     batch_size: int = 8,
@@ -161,7 +194,8 @@ def attribute(
         result = impl.compute(ctx, p)
         out.append(Attribution(
             method=impl.name, params=p, maps=result.maps.float(), title=result.title, layout=ctx.layout,
-            detail=result.detail, panels=result.panels or [(impl.name, result.maps)], images=list(views),
+            detail=result.detail, panels=result.panels or [(impl.name, result.maps)],  # Panels: built when read
+            images=list(views),
             geometry=list(geometry), logits=result.logits if result.logits is not None else logits, labels=labels,
             targets=result.targets, marks=result.marks,
         ))

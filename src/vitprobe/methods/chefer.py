@@ -18,6 +18,7 @@ class Chefer(Method):
     summary = "Chefer et al. 2021: relevance R = Π (I + head mean of ReLU(A ⊙ ∂y/∂A)), CLS row"
     params = (TARGET,)
     requires = ("cls", "gradients")
+    details = {}
 
     def needs(self, ctx: Context, p: dict[str, Any]) -> Needs:
         return Needs(gradients=True)

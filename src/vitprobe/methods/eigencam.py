@@ -23,6 +23,7 @@ class EigenCam(Method):
     summary = "Eigen-CAM: a block's patch tokens projected on their first principal component (no gradients)"
     params = (CAM_LAYER, ORIENT)
     requires = ("model",)
+    details = {}
 
     def needs(self, ctx: Context, p: dict[str, Any]) -> Needs:
         ctx.resolve_layer(p["layer"])

@@ -7,6 +7,7 @@ from typing import Any
 import torch.nn.functional as F
 
 from ..analysis.embeddings import filter_components, patch_filters, tile
+from ..panels import Panels
 from .base import Context, Method, Needs, Result, register_method
 
 SHOWN = 64
@@ -22,6 +23,7 @@ class PatchFilters(Method):
 
     name = "filters"
     summary = "patch-embedding filters, their principal components, and each patch's response to them"
+    details = {"response": "(B, D, H, W) every filter's response at each patch (D filters)"}
 
     def needs(self, ctx: Context, p: dict[str, Any]) -> Needs:
         return Needs()
@@ -33,12 +35,15 @@ class PatchFilters(Method):
         response = F.conv2d(ctx.pixels.float().cpu(), weight, stride=weight.shape[-1])  # (B, D, H, W)
         maps = response.norm(dim=1)
         batch = len(maps)
-        shown = tile(patch_filters(weight)[:SHOWN], columns=8)
-        components, ratio = filter_components(weight, k=COMPONENTS)
-        pcs = tile(components, columns=7)
-        explained = f"{len(components)} components ({100 * float(ratio.sum()):.0f}% of variance)"
-        panels = [("response norm", maps),
-                  (f"filters 0-{min(SHOWN, len(weight)) - 1}", shown.expand(batch, *shown.shape)),
-                  (explained, pcs.expand(batch, *pcs.shape))]
+
+        def panels():
+            shown = tile(patch_filters(weight)[:SHOWN], columns=8)
+            components, ratio = filter_components(weight, k=COMPONENTS)
+            pcs = tile(components, columns=7)
+            explained = f"{len(components)} components ({100 * float(ratio.sum()):.0f}% of variance)"
+            return [("response norm", maps),
+                    (f"filters 0-{min(SHOWN, len(weight)) - 1}", shown.expand(batch, *shown.shape)),
+                    (explained, pcs.expand(batch, *pcs.shape))]
+
         return Result(maps, f"patch-embedding filters ({len(weight)} of {weight.shape[-1]}x{weight.shape[-1]} px)",
-                      {"response": response}, panels)
+                      {"response": response}, Panels(panels))

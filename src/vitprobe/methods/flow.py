@@ -53,6 +53,7 @@ class AttentionFlow(Method):
     summary = "attention flow: each patch's maximum flow to the top CLS through the ½A + ½I layer graph"
     params = (HEAD_FUSION, START_LAYER)
     requires = ("cls",)
+    details = {}
 
     def needs(self, ctx: Context, p: dict[str, Any]) -> Needs:
         ctx.resolve_layer(p["start_layer"])

@@ -19,6 +19,7 @@ class GradCam(Method):
     summary = "Grad-CAM: ReLU of the channels of a block's input tokens weighted by their mean score gradient"
     params = (TARGET, CAM_LAYER)
     requires = ("gradients",)
+    details = {}
 
     def needs(self, ctx: Context, p: dict[str, Any]) -> Needs:
         ctx.resolve_layer(p["layer"])

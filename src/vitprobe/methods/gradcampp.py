@@ -19,6 +19,7 @@ class GradCamPlusPlus(Method):
     summary = "Grad-CAM++: channels weighted by the positive gradients with the second-order weights"
     params = (TARGET, CAM_LAYER)
     requires = ("gradients",)
+    details = {}
 
     def needs(self, ctx: Context, p: dict[str, Any]) -> Needs:
         ctx.resolve_layer(p["layer"])

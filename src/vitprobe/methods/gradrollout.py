@@ -18,6 +18,7 @@ class GradientRollout(Method):
     summary = "gradient rollout: rollout of ReLU(head mean of A ⊙ ∂y/∂A) for a class score y"
     params = (TARGET, DISCARD_RATIO)
     requires = ("cls", "gradients")
+    details = {}
 
     def needs(self, ctx: Context, p: dict[str, Any]) -> Needs:
         return Needs(gradients=True)

@@ -18,6 +18,7 @@ class InputXGradient(CaptumMethod):
     summary = "input x gradient (Captum) at the input pixels, summed over each patch"
     params = (TARGET,)
     requires = ("gradients",)
+    details = {"pixels": "(B, H_in, W_in) input x gradient at each input pixel, summed over colour channels"}
 
     def needs(self, ctx: Context, p: dict[str, Any]) -> Needs:
         return Needs()

@@ -24,6 +24,8 @@ class IntegratedGradients(CaptumMethod):
     summary = "Integrated Gradients (Captum) at the input pixels, summed over each patch"
     params = (TARGET, BASELINE, N_STEPS)
     requires = ("gradients",)
+    details = {"pixels": "(B, H_in, W_in) the attribution at each input pixel, summed over colour channels",
+               "delta": "(B,) Captum's convergence delta: the attributions' sum minus y(x) - y(baseline)"}
 
     def needs(self, ctx: Context, p: dict[str, Any]) -> Needs:
         return Needs()

@@ -63,6 +63,8 @@ class LeGrad(Method):
     summary = "LeGrad: ReLU of each layer's score gradient w.r.t. attention, mean over heads and rows (authors' path)"
     params = (TARGET, replace(START_LAYER, default=-2), CORRECTION)
     requires = ("gradients",)
+    details = {"layers": "(B, L', H, W) each explained layer's map (L' layers from start_layer on), min-max scaled",
+               "neutral": "(B, H, W) the neutral prompt's map (SigLIP only) whose peaks above correction are zeroed"}
 
     def needs(self, ctx: Context, p: dict[str, Any]) -> Needs:
         ctx.resolve_layer(p["start_layer"])

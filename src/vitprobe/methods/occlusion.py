@@ -22,6 +22,7 @@ class Occlusion(CaptumMethod):
     summary = "occlusion (Captum): the score drop when each patch is replaced by the baseline"
     params = (TARGET, BASELINE, WINDOW_BATCH)
     requires = ("model",)
+    details = {"pixels": "(B, H_in, W_in) the score drop at each input pixel, summed over colour channels"}
 
     def needs(self, ctx: Context, p: dict[str, Any]) -> Needs:
         return Needs()

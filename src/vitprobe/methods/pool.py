@@ -8,6 +8,7 @@ from typing import Any
 
 from ..analysis.maps import to_grid
 from ..fusion import FUSIONS, fuse_heads
+from ..panels import Panels
 from .base import Context, Method, Needs, Result, register_method
 from .cls import pick_heads
 from .params import HEAD, HEAD_FUSION
@@ -22,6 +23,7 @@ class PoolAttention(Method):
     summary = "attention-pooling head's probe attention over the patches (SigLIP), per head and head-fused"
     params = (HEAD_FUSION, HEAD)
     requires = ("pool",)
+    details = {"heads": "(B, heads, H, W) the pooling probe's attention over the patches, per head"}
 
     def needs(self, ctx: Context, p: dict[str, Any]) -> Needs:
         if ctx.model is not None and ctx.model.pool is None:
@@ -31,6 +33,6 @@ class PoolAttention(Method):
     def compute(self, ctx: Context, p: dict[str, Any]) -> Result:
         heads = to_grid(ctx.capture.pool, ctx.layout)  # (B, heads, H, W)
         maps, which = pick_heads(heads, p)
-        panels = [(f"head {i}", heads[:, i]) for i in range(heads.shape[1])]
-        panels += [(f"head {how}", fuse_heads(heads, how)) for how in FUSIONS]
+        panels = Panels(lambda: [*((f"head {i}", heads[:, i]) for i in range(heads.shape[1])),
+                                 *((f"head {how}", fuse_heads(heads, how)) for how in FUSIONS)])
         return Result(maps, f"attention pooling, {which}", {"heads": heads}, panels)

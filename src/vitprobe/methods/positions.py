@@ -19,6 +19,7 @@ class PositionSimilarity(Method):
     name = "positions"
     summary = "cosine similarity of one grid position's embedding to every position (ViT paper, fig. 7)"
     params = (PATCH,)
+    details = {}
 
     def needs(self, ctx: Context, p: dict[str, Any]) -> Needs:
         return Needs()

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from ..analysis.rollout import rollout
-from .artifacts import ARTIFACTS, artifact_needs, masked
+from .artifacts import ARTIFACT_DETAILS, ARTIFACTS, artifact_needs, masked
 from .base import Context, Method, Needs, Result, register_method
 from .params import DISCARD_RATIO, HEAD_FUSION
 
@@ -21,6 +21,7 @@ class Rollout(Method):
     summary = "attention rollout: ½A + ½I of the fused heads multiplied through every layer, CLS row"
     params = (HEAD_FUSION, DISCARD_RATIO, ARTIFACTS)
     requires = ("cls",)
+    details = ARTIFACT_DETAILS
     video = True
 
     def needs(self, ctx: Context, p: dict[str, Any]) -> Needs:

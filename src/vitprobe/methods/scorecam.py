@@ -28,6 +28,7 @@ class ScoreCam(Method):
     summary = "Score-CAM: channels weighted by the softmax of the scores of the images they mask (no gradients)"
     params = (TARGET, CAM_LAYER, MASK_BATCH)
     requires = ("model",)
+    details = {}
 
     def needs(self, ctx: Context, p: dict[str, Any]) -> Needs:
         ctx.resolve_layer(p["layer"])

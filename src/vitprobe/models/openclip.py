@@ -21,14 +21,16 @@ from PIL import Image
 from torch import nn
 
 from ..capture import AttentionSite
+from ..extras import missing_message
 from ..io.preprocess import PreprocessSpec
 from .base import Rebuild, UnsupportedModelError, VitModel
 from .files import load_state
 
 log = logging.getLogger(__name__)
 
-MISSING_HINT = ("open_clip is not installed (or its torchvision import fails): pip install -e '.[openclip]' "
-                "(with --no-deps where torchvision is broken)")
+MISSING_HINT = (missing_message("OpenCLIP models", "open_clip", "openclip")
+                + " (if open_clip is installed, its torchvision import failed: where no working torchvision exists, "
+                "install open_clip_torch with --no-deps)")
 OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)
 OPENAI_STD = (0.26862954, 0.26130258, 0.27577711)
 _RESAMPLE = {"bicubic": Image.Resampling.BICUBIC, "bilinear": Image.Resampling.BILINEAR,

@@ -23,13 +23,16 @@ from PIL import Image
 from torch import nn
 
 from ..capture import AttentionSite, CaptureError, PoolSite, query_row_probs
+from ..extras import missing_message
 from ..io.preprocess import PreprocessSpec
 from .base import Rebuild, UnsupportedModelError, VitModel
 from .files import load_state
 
 log = logging.getLogger(__name__)
 
-MISSING_HINT = "timm is not installed (or its torchvision import fails): pip install -e '.[timm]'"
+MISSING_HINT = (missing_message("timm models", "timm", "timm")
+                + " (if timm is installed, its torchvision import failed: where no working torchvision exists, "
+                "install timm with --no-deps)")
 SUPPORTED_MODULES = ("vision_transformer", "deit", "eva")
 ATTENTION_CLASSES = ("Attention", "EvaAttention", "AttentionRope")  # softmax(q·kᵀ·scale), q/k via q_norm/k_norm
 _WHY_NOT = {

@@ -21,6 +21,7 @@ from types import ModuleType
 
 import numpy as np
 
+from ..extras import missing_message
 from ..io.files import TMP_PREFIX, share
 
 OUTPUT_SUFFIXES = (".mp4", ".gif")
@@ -56,7 +57,7 @@ def _ffmpeg() -> ModuleType:
     try:
         import imageio_ffmpeg
     except ImportError:
-        raise VideoError("video needs imageio-ffmpeg: pip install -e '.[video]'") from None
+        raise VideoError(missing_message("video", "imageio-ffmpeg", "video")) from None
     # it warns when a rotated video's frames come out upright (their size then differs from the stream's):
     # that is what we want, and no line for the user
     logging.getLogger("imageio_ffmpeg").setLevel(logging.ERROR)

@@ -33,6 +33,7 @@ from matplotlib.figure import Figure
 from PIL import Image
 
 import vitprobe as vp
+from vitprobe.extras import missing_message
 
 log = logging.getLogger(__name__)
 
@@ -55,7 +56,7 @@ SESSION_TTL_S = 3600.0
 """A session's state (and its stored upload) is dropped this long after it began, at the latest."""
 BUSY = "**Busy:** other images are being drawn; try again in a moment."
 QUERY_COLOUR = (0, 200, 255)
-INSTALL_HINT = "the web demo needs gradio: pip install -e '.[web]'"
+INSTALL_HINT = missing_message("the web demo", "gradio", "web")
 
 
 class DemoError(ValueError):
