@@ -14,30 +14,30 @@ SIDE, PATCH, FRAMES = 32, 8, 4
 COMMON = dict(hidden_size=48, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64,
               initializer_range=0.3)
 
-VIDEO_FAMILIES = {  # name: (build, prefix tokens, tubelet, time last, processor class name)
-    "videomae": (lambda: transformers.VideoMAEModel(transformers.VideoMAEConfig(
-        **COMMON, image_size=SIDE, patch_size=PATCH, num_frames=FRAMES, tubelet_size=2)), (), 2, False,
+VIDEO_FAMILIES = {  # name: (build(frames, side), prefix tokens, tubelet, time last, processor class name)
+    "videomae": (lambda f, side: transformers.VideoMAEModel(transformers.VideoMAEConfig(
+        **COMMON, image_size=side, patch_size=PATCH, num_frames=f, tubelet_size=2)), (), 2, False,
         "VideoMAEVideoProcessor"),
-    "vivit": (lambda: transformers.VivitForVideoClassification(transformers.VivitConfig(
-        **COMMON, image_size=SIDE, num_frames=FRAMES, tubelet_size=[2, PATCH, PATCH], num_labels=3)), ("cls",), 2,
+    "vivit": (lambda f, side: transformers.VivitForVideoClassification(transformers.VivitConfig(
+        **COMMON, image_size=side, num_frames=f, tubelet_size=[2, PATCH, PATCH], num_labels=3)), ("cls",), 2,
         False, "VivitVideoProcessor"),
-    "vjepa2": (lambda: transformers.VJEPA2Model(transformers.VJEPA2Config(
-        **COMMON, crop_size=SIDE, patch_size=PATCH, frames_per_clip=FRAMES, tubelet_size=2, pred_hidden_size=32,
+    "vjepa2": (lambda f, side: transformers.VJEPA2Model(transformers.VJEPA2Config(
+        **COMMON, crop_size=side, patch_size=PATCH, frames_per_clip=f, tubelet_size=2, pred_hidden_size=32,
         pred_num_hidden_layers=1, pred_num_attention_heads=4, pred_num_mask_tokens=2)), (), 2, False,
         "VJEPA2VideoProcessor"),
-    "timesformer": (lambda: transformers.TimesformerForVideoClassification(transformers.TimesformerConfig(
-        **COMMON, image_size=SIDE, patch_size=PATCH, num_frames=FRAMES, num_labels=3)), ("cls",), 1, True,
+    "timesformer": (lambda f, side: transformers.TimesformerForVideoClassification(transformers.TimesformerConfig(
+        **COMMON, image_size=side, patch_size=PATCH, num_frames=f, num_labels=3)), ("cls",), 1, True,
         "TimesformerVideoProcessor"),
 }
 
 
-def processor_config(kind: str, short: int = SIDE) -> dict:
+def processor_config(kind: str, side: int = SIDE) -> dict:
     """The video_preprocessor_config.json a transformers video processor of ``kind`` writes (its defaults,
     sized for the tiny models)."""
     vivit = kind == "vivit"
     return {
-        "video_processor_type": VIDEO_FAMILIES[kind][4], "do_resize": True, "size": {"shortest_edge": short},
-        "do_center_crop": True, "crop_size": {"height": SIDE, "width": SIDE}, "do_rescale": True,
+        "video_processor_type": VIDEO_FAMILIES[kind][4], "do_resize": True, "size": {"shortest_edge": side},
+        "do_center_crop": True, "crop_size": {"height": side, "width": side}, "do_rescale": True,
         "rescale_factor": 1 / 127.5 if vivit else 1 / 255, "do_normalize": True,
         "image_mean": [0.5, 0.5, 0.5] if vivit else [0.485, 0.456, 0.406],
         "image_std": [0.5, 0.5, 0.5] if vivit else [0.229, 0.224, 0.225], "resample": 2, "do_convert_rgb": True,
@@ -45,16 +45,17 @@ def processor_config(kind: str, short: int = SIDE) -> dict:
     }
 
 
-def make_tiny_video(kind: str, directory: Path, seed: int = 0) -> Path:
-    """Write a tiny random model of ``kind`` (2 layers, 4 heads, 4 frames of 32 px, patch 8) to ``directory``."""
+def make_tiny_video(kind: str, directory: Path, seed: int = 0, frames: int = FRAMES, side: int = SIDE) -> Path:
+    """Write a tiny random model of ``kind`` (2 layers, 4 heads, ``frames`` frames of ``side`` px, patch 8) to
+    ``directory``."""
     torch.manual_seed(seed)
-    module = VIDEO_FAMILIES[kind][0]()
+    module = VIDEO_FAMILIES[kind][0](frames, side)
     with torch.no_grad():  # zero-initialised tables (CLS, positions, time) get values that matter
         for name, param in module.named_parameters():
             if any(key in name for key in ("cls_token", "position_embeddings", "time_embeddings")):
                 param.normal_(0, 0.5)
     module.save_pretrained(directory)
-    (directory / "video_preprocessor_config.json").write_text(json.dumps(processor_config(kind)))
+    (directory / "video_preprocessor_config.json").write_text(json.dumps(processor_config(kind, side)))
     return directory
 
 

@@ -45,6 +45,14 @@ def register(app: typer.Typer) -> None:
         exit code is 1 only when no image could be analysed.
         """
         check_model_spec(model)
+        from ..models.video import is_video_spec
+
+        if is_video_spec(model):
+            if size or split or image_column:
+                raise fail("--size, --split and --image-column apply to images; a video model takes clips of its "
+                           "own size")
+            _analyze_clips(source, model, out, batch_size, limit, report, device, progress)
+            return
         import torch
 
         from ..io.datasets import reading_column
@@ -128,3 +136,32 @@ def register(app: typer.Typer) -> None:
 
                 if dist.is_initialized():
                     dist.destroy_process_group()
+
+
+def _analyze_clips(source: Path, model: str, out: Path, batch_size: int, limit: int | None, report: bool,
+                   device: str | None, progress: bool) -> None:
+    """``analyze`` with a video model: space-time statistics of every clip (``video_analysis``)."""
+    from ..io.images import ImageLoadError
+    from ..video_analysis import list_clips, run_clip_analysis
+
+    if batch_size < 1 or (limit is not None and limit < 0):
+        raise fail("--batch-size must be ≥ 1, --limit ≥ 0")
+    try:
+        clips = list_clips(source)
+    except ImageLoadError as err:
+        raise fail(str(err)) from None
+    clips = clips[:limit] if limit is not None else clips
+    if not clips:
+        raise fail(f"no clips found in {source}")
+    vit = load_model(model, device)
+    try:
+        result = run_clip_analysis(vit, clips, out, batch_size=batch_size, progress=progress, report=report)
+    except ValueError as err:
+        raise fail(str(err)) from None
+    counts = result.aggregates["clips"]
+    if counts["analysed"] == 0:
+        raise fail(f"none of the {counts['listed']} clips could be analysed; reasons in {Path(out) / 'failures.csv'}",
+                   1)
+    speed = result.aggregates["timing"]["clips_per_second"]
+    typer.echo(f"{counts['analysed']} of {counts['listed']} clips analysed with {vit.name}, {counts['failed']} failed"
+               + (f", {speed:.2f} clips/s" if speed else "") + f"; results in {Path(out).resolve()}")

@@ -297,3 +297,22 @@ def wrap_video(module: nn.Module, name: str, preprocess: PreprocessSpec | None =
         rebuild=Rebuild(wrap_video, {"name": name, "preprocess": spec, "source": source}, pack, unpack),
         temporal_sites=temporal, clip=ClipSpec(frames, tubelet, video.time_last), grid_hw=video.grid(config),
     )
+
+
+def is_video_spec(spec: str) -> bool:
+    """Whether ``spec`` names a Hugging Face model of a video family, read from its config.json alone (a local
+    directory, or a hub id in the cache); False where that cannot be told without loading it."""
+    from ..hub import hf_name, locate
+    from .files import read_json
+    from .hf import _cached, hf_families
+
+    name = hf_name(spec)
+    if name is None:
+        return False
+    try:
+        path = _cached(name, "config.json", locate(name))
+        model_type = read_json(path).get("model_type") if path is not None else None
+    except Exception:  # noqa: BLE001 - anything unreadable is for the loader to report
+        return False
+    family = hf_families().get(model_type) if isinstance(model_type, str) else None
+    return family is not None and family.video is not None
