@@ -123,3 +123,18 @@ def test_bad_videos_and_options_give_one_line(dirs, tmp_path):
         result = runner.invoke(app, ["video", str(good), "--model", str(dirs["vivit"]), "-o", str(tmp_path / "o.mp4"),
                                      *options])
         assert result.exit_code == 2 and reason in result.output and "Traceback" not in result.output, result.output
+
+
+def test_the_readme_strip_example_draws_its_figure(tmp_path):
+    """examples/video_strip.py, which draws the README's frame strip with ``vitprobe video --model``."""
+    pytest.importorskip("skimage")
+    import subprocess
+    import sys
+
+    script = Path(__file__).resolve().parent.parent / "examples" / "video_strip.py"
+    done = subprocess.run([sys.executable, str(script), str(tmp_path / "strip.png")], capture_output=True, text=True,
+                          timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "24 frames of 112x112 at 12 fps, cls maps of 5 windows of 8 frames every 4" in done.stdout
+    strip = Image.open(tmp_path / "strip.png")
+    assert strip.width > 5 * strip.height
