@@ -67,7 +67,9 @@ class AttentionSite:
     group of tokens (TimeSformer's divided attention: per frame, or per patch over the frames). The hooked
     q and k are then those of the groups, (B·groups, heads, n, d), and ``joint`` writes their probabilities
     (B·groups, heads, n, n) as one (B, heads, T, T) attention in the model's token order, which the
-    capture reduces like any other.
+    capture reduces like any other. ``joint_cls`` (optional, with ``joint``): the joint CLS row (B, heads, T)
+    from the probabilities of each group's first query row (B·groups, heads, n), so a capture that needs
+    only CLS rows does not build the whole joint attention.
     """
 
     query: nn.Module
@@ -80,6 +82,7 @@ class AttentionSite:
     packed: bool = False
     qkv: bool = False
     joint: Callable[[torch.Tensor], torch.Tensor] | None = None
+    joint_cls: Callable[[torch.Tensor], torch.Tensor] | None = None
 
 
 def shape_of(value: torch.Tensor | None) -> str:
@@ -99,7 +102,8 @@ class Capture:
     - ``pool``: (B, heads, T) the attention-pooling head's probe attention over every token (SigLIP);
     - ``temporal``: a model with divided space-time attention (TimeSformer): what the same options recorded
       of every layer's temporal attention, as a Capture of its own in the same joint layout (its ``cls`` is
-      None: the CLS token takes no part in it); None for every other model;
+      None: the CLS token takes no part in it), when the capture asks for more than CLS rows; None for every
+      other model;
     - ``images``: the part of each original image the model saw, ``geometry`` how it was mapped;
     - ``logits``: (B, classes) when the model has a classification head;
     - ``pixels``: (B, 3, H, W) the preprocessed model input (for methods that run the model again);
@@ -387,6 +391,12 @@ class AttentionRecorder:
         if site.qk_transform is not None:
             q, k = site.qk_transform(q, k)
         if site.joint is not None:
+            if site.joint_cls is not None and not self._needs_all_rows(layer):
+                row = site.joint_cls(query_row_probs(q[:, :, 0], k, site.scale))  # (B, heads, T)
+                layout = self.layout = self.layout_for(row.shape[-1])
+                if self.want_cls and layout.has_cls:
+                    self.cls_rows[layer] = row.cpu()
+                return
             self._reduce_probs(layer, site.joint(attention_probs(q, k, site.scale)))
             return
         self._reduce_qk(layer, q, k, site.scale)

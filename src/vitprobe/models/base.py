@@ -280,7 +280,9 @@ class VitModel:
                 self.sites, layout_for, layer_ids, cls=layout.has_cls, fuse=fuse,
                 full_layers=full_ids, reducers=reducers, blocks=self.blocks if token_norms else None,
             )
-            beside = AttentionRecorder(self.temporal_sites or [], layout_for, layer_ids if self.temporal_sites else [],
+            every_row = bool(fuse or full_ids or reducers)  # the temporal attention holds no CLS row
+            beside = AttentionRecorder(self.temporal_sites or [], layout_for,
+                                       layer_ids if self.temporal_sites and every_row else [],
                                        cls=False, fuse=fuse, full_layers=full_ids, reducers=reducers,
                                        answer_sdpa=False)
             with self.lock, recorder, beside, PoolingRecorder(self.pool if pool else None) as pooling, \
@@ -288,7 +290,7 @@ class VitModel:
                 out = self.forward(batch)
             recorder.finish()
             beside.finish()
-            if self.temporal_sites:
+            if self.temporal_sites and every_row:
                 temporal.append(beside)
             if pool:
                 pooled.append(pooling.attention())

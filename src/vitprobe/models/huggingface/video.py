@@ -162,10 +162,19 @@ def spatial_joint(probs: torch.Tensor, frames: int) -> torch.Tensor:
     joint[:, :, 0, 0] = per[:, :, :, 0, 0].mean(dim=1)
     joint[:, :, 0, 1:] = (per[:, :, :, 0, 1:] / frames).permute(0, 2, 3, 1).reshape(batch, heads, n * frames)
     joint[:, :, 1:, 0] = per[:, :, :, 1:, 0].permute(0, 2, 3, 1).reshape(batch, heads, n * frames)
-    eye = torch.eye(frames, dtype=probs.dtype, device=probs.device)
-    patches = torch.einsum("bfhpq,fg->bhpfqg", per[:, :, :, 1:, 1:], eye)  # (B, heads, N, F, N, F)
-    joint[:, :, 1:, 1:] = patches.reshape(batch, heads, n * frames, n * frames)
+    patches = joint[:, :, 1:, 1:].view(batch, heads, n, frames, n, frames)  # rows (p, f), columns (q, g)
+    for f in range(frames):
+        patches[:, :, :, f, :, f] = per[:, f, :, 1:, 1:]
     return joint
+
+
+def spatial_joint_cls(rows: torch.Tensor, frames: int) -> torch.Tensor:
+    """The CLS row of ``spatial_joint`` from each frame's CLS row alone: (B·F, heads, 1 + N) -> (B, heads, T)."""
+    bf, heads, n1 = rows.shape
+    batch, n = bf // frames, n1 - 1
+    per = rows.reshape(batch, frames, heads, n1)
+    patches = (per[..., 1:] / frames).permute(0, 2, 3, 1).reshape(batch, heads, n * frames)
+    return torch.cat([per[..., :1].mean(dim=1), patches], dim=-1)
 
 
 def temporal_joint(probs: torch.Tensor, n_spatial: int) -> torch.Tensor:
@@ -179,22 +188,24 @@ def temporal_joint(probs: torch.Tensor, n_spatial: int) -> torch.Tensor:
     t = 1 + n_spatial * frames
     joint = probs.new_zeros(batch, heads, t, t)
     joint[:, :, 0, 0] = 1.0
-    eye = torch.eye(n_spatial, dtype=probs.dtype, device=probs.device)
-    patches = torch.einsum("bphfg,pq->bhpfqg", per, eye)  # (B, heads, N, F, N, F)
-    joint[:, :, 1:, 1:] = patches.reshape(batch, heads, n_spatial * frames, n_spatial * frames)
+    patches = joint[:, :, 1:, 1:].view(batch, heads, n_spatial, frames, n_spatial, frames)  # (p, f), (q, g)
+    for p in range(n_spatial):
+        patches[:, :, p, :, p, :] = per[:, p]
     return joint
 
 
-def _qkv_site(attention: nn.Module, config, joint=None) -> AttentionSite:
+def _qkv_site(attention: nn.Module, config, joint=None, joint_cls=None) -> AttentionSite:
     heads = config.num_attention_heads
     return AttentionSite(attention.qkv, attention.qkv, heads, config.hidden_size // heads, float(attention.scale),
-                         qkv=True, joint=joint)
+                         qkv=True, joint=joint, joint_cls=joint_cls)
 
 
 def _timesformer_sites(vision: nn.Module, config) -> list[AttentionSite]:
     frames = int(config.num_frames)
-    joint = None if config.attention_type == "joint_space_time" else (lambda p: spatial_joint(p, frames))
-    return [_qkv_site(layer.attention.attention, config, joint) for layer in vision.encoder.layer]
+    if config.attention_type == "joint_space_time":
+        return [_qkv_site(layer.attention.attention, config) for layer in vision.encoder.layer]
+    return [_qkv_site(layer.attention.attention, config, lambda p: spatial_joint(p, frames),
+                      lambda rows: spatial_joint_cls(rows, frames)) for layer in vision.encoder.layer]
 
 
 def _timesformer_temporal(vision: nn.Module, config) -> list[AttentionSite] | None:
