@@ -238,3 +238,17 @@ def test_image_methods_refuse_video_models_in_one_line(video_models, clip, metho
     with pytest.raises(ValueError, match=f"method '{method}' draws image maps; video models take cls, query") as err:
         vp.attribute(video_models["vivit"], clip, method=method)
     assert "\n" not in str(err.value)
+
+
+def test_maps_on_the_clip_frames(video_models):
+    wide = moving_square(frames=8, size=(40, 60))
+    res = vp.attribute(video_models["vivit"], wide, method="cls")
+    on = res.on_image(0)
+    steps = res.maps.shape[1]
+    assert on.shape == (steps, 40, 60)
+    _, left, _, width = res.geometry[0].crop_box  # short side 32 -> 48x32, centre crop 32x32
+    assert (round(left), round(width)) == (10, 40)
+    assert torch.isnan(on[:, :, :10]).all() and torch.isnan(on[:, :, 50:]).all()
+    assert not torch.isnan(on[:, :, 10:50]).any()
+    # each step's frame map is its (H, W) map upsampled: the means agree
+    assert torch.allclose(on[:, :, 10:50].mean(dim=(-1, -2)), res.maps[0].mean(dim=(-1, -2)), rtol=1e-4)

@@ -469,7 +469,8 @@ class Attribution:
 
     def on_image(self, image: int = 0, mode: str = "bilinear") -> torch.Tensor:
         """Map ``image`` on the original photo's pixels (H0, W0): upsampled into the region the model
-        saw; NaN where the model saw nothing (outside a centre crop)."""
+        saw; NaN where the model saw nothing (outside a centre crop). A video model's map (t, H, W) gives
+        (t, H0, W0) on the clip's frames."""
         import torch
 
         from ..analysis.upsample import upsample_map
@@ -480,8 +481,9 @@ class Attribution:
         top, left, height, width = geo.crop_box
         r0, c0 = round(top), round(left)
         r1, c1 = min(geo.original_hw[0], round(top + height)), min(geo.original_hw[1], round(left + width))
-        out = torch.full(geo.original_hw, float("nan"))
-        out[r0:r1, c0:c1] = upsample_map(self.maps[image], (r1 - r0, c1 - c0), mode)
+        maps = self.maps[image]
+        out = torch.full((*maps.shape[:-2], *geo.original_hw), float("nan"))
+        out[..., r0:r1, c0:c1] = upsample_map(maps, (r1 - r0, c1 - c0), mode)
         return out
 
     def top(self, image: int = 0, k: int = 5) -> list[tuple[int, str, float]]:
