@@ -252,3 +252,22 @@ def test_maps_on_the_clip_frames(video_models):
     assert not torch.isnan(on[:, :, 10:50]).any()
     # each step's frame map is its (H, W) map upsampled: the means agree
     assert torch.allclose(on[:, :, 10:50].mean(dim=(-1, -2)), res.maps[0].mean(dim=(-1, -2)), rtol=1e-4)
+
+
+def test_a_damaged_video_processor_is_one_line(video_dirs, tmp_path):
+    import json
+    import shutil
+
+    from vitprobe.models.files import DamagedModel
+
+    folder = shutil.copytree(video_dirs["vjepa2"], tmp_path / "vjepa2")
+    processor = folder / "video_preprocessor_config.json"
+    settings = json.loads(processor.read_text())
+    for change, reason in (({"image_std": [0.2, 0.0, 0.2]}, "holds a zero"), ({"crop_size": -3}, "not a positive"),
+                           ({"image_mean": [0.5, 0.5]}, "one number for each")):
+        processor.write_text(json.dumps({**settings, **change}))
+        with pytest.raises(DamagedModel, match=reason) as err:
+            vp.load(folder)
+        assert str(err.value).startswith(str(processor)) and "\n" not in str(err.value)
+    processor.write_text(json.dumps({**settings, "crop_size": SIDE}))  # V-JEPA 2's processors write one number
+    assert vp.load(folder).preprocess.crop_hw == (SIDE, SIDE)
