@@ -271,3 +271,17 @@ def test_a_damaged_video_processor_is_one_line(video_dirs, tmp_path):
         assert str(err.value).startswith(str(processor)) and "\n" not in str(err.value)
     processor.write_text(json.dumps({**settings, "crop_size": SIDE}))  # V-JEPA 2's processors write one number
     assert vp.load(folder).preprocess.crop_hw == (SIDE, SIDE)
+
+
+def test_timesformer_temporal_query_maps_stay_at_their_position(video_models, clip):
+    """The temporal attention as a capture of its own: a patch's query map is nonzero only at its own
+    (row, col), over every frame, and sums to one there."""
+    model = video_models["timesformer"]
+    cap = model.capture(clip, full_layers=[-1])
+    res = vp.attribute(cap.temporal, method="query", patch=(1, 2, 3), head=0)
+    assert res.maps.shape == (1, FRAMES, GRID, GRID)
+    assert float(res.maps[0, :, 2, 3].sum()) == pytest.approx(1.0, abs=1e-5)
+    res.maps[0, :, 2, 3] = 0
+    assert float(res.maps.abs().max()) == 0.0
+    spatial = vp.attribute(cap, method="query", patch=(1, 2, 3), head=0).maps[0]
+    assert float(spatial[[0, 2, 3]].abs().max()) == 0.0 and float(spatial[1].sum()) > 0.5  # its own frame only
