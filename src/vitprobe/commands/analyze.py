@@ -37,6 +37,9 @@ def register(app: typer.Typer) -> None:
             "--split", help="DatasetDict folder: read only this split (repeat for several; default: all)")] = None,
         image_column: Annotated[str | None, typer.Option(
             help="Parquet or Hugging Face dataset: the column of images (default: the Image feature)")] = None,
+        compare_with: Annotated[list[Path] | None, typer.Option(
+            "--compare-with", help="then compare this run with a finished analyze run (repeat for several; "
+            "vitprobe compare), written to OUT/compare")] = None,
     ) -> None:
         """Measure attention over a dataset: per-image records (Parquet), aggregates, failures and an HTML report.
 
@@ -72,6 +75,14 @@ def register(app: typer.Typer) -> None:
             raise fail("--batch-size must be ≥ 1, --limit and --workers ≥ 0")
         if outlier_ratio <= 1 or peak_ratio <= 1:
             raise fail("--outlier-ratio and --peak-ratio must be > 1")
+        if compare_with:  # a folder that is no finished run is one line now, not after the whole run
+            from ..comparison import NotARun, read_run
+
+            try:
+                for other in compare_with:
+                    read_run(other)
+            except NotARun as err:
+                raise fail(f"--compare-with: {err}") from None
         try:
             require("pyarrow")
             if report:
@@ -128,6 +139,8 @@ def register(app: typer.Typer) -> None:
                 + (f" at {speed:.2f} images/s" if speed else "")
                 + f", peak memory {max(timing['peak_rss_mb_per_rank']):.0f} MB; results in {Path(out).resolve()}"
             )
+            if compare_with:
+                _compare(out, compare_with, device)
         except RunLocked as err:
             raise fail(str(err)) from None
         finally:
@@ -165,3 +178,17 @@ def _analyze_clips(source: Path, model: str, out: Path, batch_size: int, limit: 
     speed = result.aggregates["timing"]["clips_per_second"]
     typer.echo(f"{counts['analysed']} of {counts['listed']} clips analysed with {vit.name}, {counts['failed']} failed"
                + (f", {speed:.2f} clips/s" if speed else "") + f"; results in {Path(out).resolve()}")
+
+
+def _compare(out: Path, others: list[Path], device: str | None) -> None:
+    """``--compare-with``: this run beside the others (``vitprobe compare``), written to ``out/compare``."""
+    from ..comparison import NotARun, compare
+
+    try:
+        result = compare([out, *others], Path(out) / "compare", device=device)
+    except (NotARun, ValueError) as err:
+        raise fail(f"--compare-with: {err}") from None
+    typer.echo(result.matched)
+    if result.maps_note:
+        typer.echo(result.maps_note)
+    typer.echo(f"comparison in {(Path(out) / 'compare' / 'compare.html').resolve()}")

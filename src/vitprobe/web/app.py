@@ -33,7 +33,6 @@ from matplotlib.figure import Figure
 from PIL import Image
 
 import vitprobe as vp
-from vitprobe.extras import missing_message
 
 log = logging.getLogger(__name__)
 
@@ -56,7 +55,8 @@ SESSION_TTL_S = 3600.0
 """A session's state (and its stored upload) is dropped this long after it began, at the latest."""
 BUSY = "**Busy:** other images are being drawn; try again in a moment."
 QUERY_COLOUR = (0, 200, 255)
-INSTALL_HINT = missing_message("the web demo", "gradio", "web")
+INSTALL_HINT = "the web demo needs gradio: pip install 'vitprobe[web]'"
+"""``vitprobe.extras.missing_message``'s line, written out: the demo imports nothing but the public API."""
 
 
 class DemoError(ValueError):
