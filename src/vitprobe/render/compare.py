@@ -28,7 +28,7 @@ if TYPE_CHECKING:
 
 FILES = "compare_files"
 RUN_CMAP = "tab10"
-DISTANCES = (("mean_attention_distance", "prefix mass = distance 0 (ViT paper)"),
+DISTANCES = (("mean_attention_distance", "prefix mass counts as distance 0 (ViT paper)"),
              ("mean_attention_distance_renormalized", "rows renormalised over the patches"))
 
 
@@ -62,13 +62,14 @@ def distance_comparison(comparison: Comparison) -> Figure:
                 ax.axhline(uniform, color=colour, ls=":", lw=1.1, label=f"{run.name}: uniform ({uniform:.0f} px)")
                 top = max(top, uniform)
             top = max(top, float(np.nanmax(values)))
-        ax.set_title(f"Mean attention distance, {words}", fontsize=10)
+        ax.set_title(words, fontsize=10)
         ax.set_xlabel("normalised depth (layer + 1) / L")
         ax.set_xlim(0, 1.04)
         ax.grid(alpha=0.3)
     axes[0].set_ylabel("mean attention distance (px); points: heads")
     axes[0].set_ylim(0, 1.08 * top if top > 0 else 1)
     axes[-1].legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
+    fig.suptitle("Mean attention distance per layer (means over the common images)", fontsize=11)
     return fig
 
 
