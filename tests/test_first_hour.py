@@ -72,7 +72,8 @@ def test_reprs_are_short_and_say_what_matters(tiny_dirs):
     assert "images=2, layers=0..2, grid=(4, 4)" in texts["capture"]
     assert "fused['mean']=(3, 2, 18, 18)" in texts["capture"]
     assert "full=[2]: (2, 4, 18, 18)" in texts["capture"] and "logits=(2, 5)" in texts["capture"]
-    assert texts["attribution"].startswith("Attribution(query(layer=-1, patch=None, query_xy=None, head_fusion='mean'")
+    assert texts["attribution"].startswith(
+        "Attribution(query(layer=-1, patch=None, query_xy=None, frame=None, head_fusion='mean'")
     assert "maps=(2, 4, 4) on a 4x4 grid, images=2, detail: heads=(2, 4, 4, 4)" in texts["attribution"]
 
 

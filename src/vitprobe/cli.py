@@ -154,15 +154,10 @@ def family_lines() -> list[str]:
 def list_methods() -> None:
     """List every method: name, what it draws, its options with defaults, what the model must have, and the
     detail tensors it returns with their shapes (batch first)."""
-    from .methods import get_method
     from .methods import methods as registered
 
     for info in registered():
-        text = str(info)
-        details = getattr(get_method(info.name), "details", None) or {}
-        if "\n  detail " not in text:  # until MethodInfo lists them itself
-            text += "".join(f"\n  detail {key} {doc}" for key, doc in details.items())
-        typer.echo(text)
+        typer.echo(str(info))
 
 
 @app.command()

@@ -52,10 +52,9 @@ class MissingExtra(ImportError, ValueError):
 
 def import_extra(module: str, extra: str, what: str) -> Any:
     """Import ``module`` of the ``extra`` (``pip install 'vitprobe[extra]'``), or raise ``MissingExtra``."""
-    try:
-        return importlib.import_module(module)
-    except ImportError:
-        raise MissingExtra(f"{what} needs {module.split('.')[0]}: pip install 'vitprobe[{extra}]'") from None
+    from ..extras import require_extra
+
+    return require_extra(module, extra, what, MissingExtra)
 
 
 @dataclass(frozen=True)
@@ -304,6 +303,9 @@ class Method(ABC):
     summary: ClassVar[str]
     params: ClassVar[tuple[Param, ...]] = ()
     requires: ClassVar[tuple[str, ...]] = ()
+    details: ClassVar[dict[str, str]] = {}
+    """Detail key -> "(shape) what it holds" for every tensor compute may put in Result.detail; shapes batch
+    first in B, L, heads, H, W, H_in, W_in; end with "only)" for keys present only sometimes."""
     video: ClassVar[bool] = False
     """Whether the method draws maps with a time axis (B, t, H, W) for video models; others refuse them."""
 
@@ -399,6 +401,7 @@ class MethodInfo:
     summary: str
     params: tuple[Param, ...]
     requires: tuple[str, ...]
+    details: dict[str, str] = field(default_factory=dict)
 
     def __repr__(self) -> str:
         return f"{self.name}({', '.join(f'{p.name}={p.default!r}' for p in self.params)}): {self.summary}"
@@ -408,6 +411,8 @@ class MethodInfo:
         lines = [f"{self.name}: {self.summary}{needs}"]
         for p in self.params:
             lines.append(f"  {p.option} {p.describe()} = {p.default!r}: {p.doc}")
+        for key, doc in self.details.items():
+            lines.append(f"  detail {key} {doc}")
         return "\n".join(lines)
 
 
@@ -420,7 +425,8 @@ class MethodList(list):
 
 def methods() -> MethodList:
     """Every registered method: name, one line, parameters with defaults, and what it needs."""
-    return MethodList(MethodInfo(m.name, m.summary, m.params, m.requires) for m in map(get_method, method_names()))
+    return MethodList(MethodInfo(m.name, m.summary, m.params, m.requires, dict(m.details))
+                      for m in map(get_method, method_names()))
 
 
 @dataclass(repr=False)

@@ -6,7 +6,8 @@ from typing import Any
 
 from ..analysis.maps import cls_maps
 from ..fusion import FUSIONS, fuse_heads
-from .artifacts import ARTIFACTS, artifact_needs, masked
+from ..panels import Panels
+from .artifacts import ARTIFACT_DETAILS, ARTIFACTS, artifact_needs, masked
 from .base import Context, Method, Needs, Result, register_method
 from .params import HEAD, HEAD_FUSION, LAYER
 
@@ -30,6 +31,8 @@ class ClsAttention(Method):
     summary = "CLS token's attention over the patches in one layer, per head and head-fused"
     params = (LAYER, HEAD_FUSION, HEAD, ARTIFACTS)
     requires = ("cls",)
+    details = {"heads": "(B, heads, H, W) the layer's CLS-row probabilities over the patches, per head (video models: "
+               "(B, heads, t, H, W))", **ARTIFACT_DETAILS}
     video = True
 
     def needs(self, ctx: Context, p: dict[str, Any]) -> Needs:
@@ -40,6 +43,6 @@ class ClsAttention(Method):
         cap = ctx.capture
         heads = cls_maps(cap.cls[cap.layer_position(layer)], ctx.layout)  # (B, heads, H, W)
         maps, which = pick_heads(heads, p)
-        panels = [(f"head {i}", heads[:, i]) for i in range(heads.shape[1])]
-        panels += [(f"head {how}", fuse_heads(heads, how, dim=1)) for how in FUSIONS]
+        panels = Panels(lambda: [*((f"head {i}", heads[:, i]) for i in range(heads.shape[1])),
+                                 *((f"head {how}", fuse_heads(heads, how, dim=1)) for how in FUSIONS)])
         return masked(ctx, p, Result(maps, f"CLS attention, layer {layer}, {which}", {"heads": heads}, panels))

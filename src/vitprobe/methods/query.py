@@ -8,6 +8,7 @@ import torch
 
 from ..analysis.maps import query_map
 from ..fusion import FUSIONS, fuse_heads
+from ..panels import Panels
 from .base import Context, Method, Needs, Result, register_method
 from .cls import pick_heads
 from .params import FRAME, HEAD, HEAD_FUSION, LAYER, PATCH, QUERY_XY
@@ -28,6 +29,8 @@ class QueryAttention(Method):
     name = "query"
     summary = "one patch's attention over the patches in one layer (DINO's query view), per head and fused"
     params = (LAYER, PATCH, QUERY_XY, FRAME, HEAD_FUSION, HEAD)
+    details = {"heads": "(B, heads, H, W) the query row's probabilities over the patches, per head (video models: "
+               "(B, heads, t, H, W))", "steps": "(B,) each query's tubelet step (video models only)"}
     video = True
 
     def needs(self, ctx: Context, p: dict[str, Any]) -> Needs:
@@ -64,8 +67,8 @@ class QueryAttention(Method):
             where += f" of tubelet step {steps[0]}" if len(set(steps)) == 1 else " of each clip's step"
             detail["steps"] = torch.tensor(steps)
         maps, which = pick_heads(heads, p)
-        panels = [(f"head {i}", heads[:, i]) for i in range(heads.shape[1])]
-        panels += [(f"head {how}", fuse_heads(heads, how, dim=1)) for how in FUSIONS]
+        panels = Panels(lambda: [*((f"head {i}", heads[:, i]) for i in range(heads.shape[1])),
+                                 *((f"head {how}", fuse_heads(heads, how, dim=1)) for how in FUSIONS)])
         return Result(maps, f"attention of {where}, layer {layer}, {which}", detail, panels,
                       marks=[[point] for point in points])
 

@@ -354,6 +354,9 @@ def params_of(method: str, values: dict[str, Any]) -> dict[str, Any]:
         value = values.get(param.name)
         if param.kind == "target" and str(value or "").strip().startswith("image:"):
             raise DemoError("the demo does not read files on the server: give a class, 'self' or a text prompt")
+        if param.default is None and param.kind in ("int", "float") and str(value or "").strip() == "":
+            out[param.name] = None  # an optional number left empty (e.g. a video query's frame)
+            continue
         out[param.name] = param.parse("" if value is None else str(int(value) if param.kind == "layer" else value))
     return out
 
@@ -597,7 +600,7 @@ def _param_control(gr, param: vp.Param, model: vp.VitModel, visible: bool):
         step = (param.high - param.low) / 20
         top = param.high - step if param.high_open else param.high
         return gr.Slider(param.low, top, value=param.default, step=step, **common)
-    if param.kind in ("int", "float"):
+    if param.kind in ("int", "float") and param.default is not None:
         return gr.Number(value=param.default, **common)
     hint = {"patch": "row,col (empty: the grid centre; click the overlay)", "point": "x,y in pixels of the photo",
             "target": "index, label, self, or a text prompt for CLIP-like models (empty: top class, or self)"}
