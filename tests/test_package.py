@@ -53,9 +53,9 @@ def test_dataset_runs_need_no_extra_and_every_optional_part_has_one():
     base = {re.split(r"[<>=; \[]", d)[0].lower() for d in PYPROJECT["project"]["dependencies"]}
     assert {"pyarrow", "jinja2"} <= base
     assert OPTIONAL["analyze"] == []  # kept as an empty alias for old install lines
-    assert set(extras.EXTRAS) == set(OPTIONAL) - {"dev", "analyze"}
+    assert set(extras.EXTRAS) == set(OPTIONAL) - {"dev", "docs", "analyze"}
     everything = re.fullmatch(r"vitprobe\[(.*)\]", OPTIONAL["all"][0]).group(1).split(",")
-    assert set(everything) == set(OPTIONAL) - {"dev", "analyze", "all"}
+    assert set(everything) == set(OPTIONAL) - {"dev", "docs", "analyze", "all"}
 
 
 def test_every_install_hint_works_outside_a_clone():
