@@ -203,7 +203,7 @@ def test_missing_timm_gives_a_one_line_hint(monkeypatch):
         return real_import(name, *args, **kwargs)
 
     monkeypatch.setattr(builtins, "__import__", no_timm)
-    with pytest.raises(ImportError, match=r"pip install -e '\.\[timm\]'"):
+    with pytest.raises(ImportError, match=r"pip install 'vitprobe\[timm\]'"):
         timm_adapter.load_timm("vit_tiny_patch16_224:random")
 
 
