@@ -179,28 +179,31 @@ def _docstring(method) -> str:
     return doc if doc and doc != inspect.getdoc(type(method).__mro__[1]) else ""
 
 
-def _gallery(files: Files, config) -> str:
-    from vitprobe.methods import get_method, method_names
-
+def _records(methods: list) -> dict[str, dict]:
+    """Per method, what its figures show (drawn, skipped or unavailable, and why), drawing those whose cached
+    figures are missing or out of date."""
     folder = CACHE / "methods"
     folder.mkdir(parents=True, exist_ok=True)
-    methods = [get_method(name) for name in method_names()]
     keys = {m.name: _method_key(m) for m in methods}
 
-    def record(name: str) -> dict | None:
-        path = folder / f"{name}.json"
+    def cached(name: str) -> dict | None:
         try:
-            data = json.loads(path.read_text())
+            data = json.loads((folder / f"{name}.json").read_text())
         except (OSError, ValueError):
             return None
         return data if data.get("key") == keys[name] else None
 
-    todo = [(m, keys[m.name]) for m in methods if record(m.name) is None]
+    todo = [(m, keys[m.name]) for m in methods if cached(m.name) is None]
     if todo:
         _draw_methods(todo, folder)
-    out = []
+    return {m.name: cached(m.name) or {"status": "unavailable", "note": "not drawn"} for m in methods}
+
+
+def gallery_markdown(methods: list, records: dict[str, dict]) -> tuple[str, list[str]]:
+    """The gallery's markdown and the figures it shows (``methods/<name>.png`` under ``.docs_cache``)."""
+    out, figures = [], []
     for m in methods:
-        rec = record(m.name) or {"status": "unavailable", "note": "not drawn"}
+        rec = records[m.name]
         out.append(f"### `{m.name}`\n\n{m.summary}.\n")
         doc = _docstring(m)
         if doc:
@@ -225,8 +228,7 @@ def _gallery(files: Files, config) -> str:
         size = " ".join(map(str, SIZE))
         command = f"`vitprobe explain samples --method {m.name} --size {size}`"
         if rec["status"] == "drawn":
-            for suffix in ("", "_full"):
-                _publish(files, config, f"methods/{m.name}{suffix}.png", folder / f"{m.name}{suffix}.png")
+            figures += [f"methods/{m.name}.png", f"methods/{m.name}_full.png"]
             out.append(f"![{m.name} on the three sample photos](methods/{m.name}.png)\n")
             out.append(f"*{html.escape(rec['title'])}: the offline DINOv2-S/14 on chelsea, astronaut and coffee "
                        f"at {SIZE[0]}×{SIZE[1]} px ({command}; {rec['seconds']:g} s here).*\n")
@@ -236,7 +238,17 @@ def _gallery(files: Files, config) -> str:
             out.append(f'!!! note "Not drawn at build time"\n\n    {rec["note"]}. Draw it with {command}.\n')
         else:
             out.append(f'!!! note "Not drawn here"\n\n    The offline model cannot run it: {rec["note"]}.\n')
-    return "\n".join(out)
+    return "\n".join(out), figures
+
+
+def _gallery(files: Files, config) -> str:
+    from vitprobe.methods import get_method, method_names
+
+    methods = [get_method(name) for name in method_names()]
+    text, figures = gallery_markdown(methods, _records(methods))
+    for uri in figures:
+        _publish(files, config, uri, CACHE / uri)
+    return text
 
 
 def _method_table() -> str:
