@@ -1,4 +1,5 @@
-"""The README's faithfulness table: ``vp.faithfulness`` over photos, one image per run (resumable), combined.
+"""The faithfulness table of docs/evaluation.md: ``vp.faithfulness`` over photos, one image per run
+(resumable), combined.
 
 Each photo is measured by the public ``vp.faithfulness`` alone (its results written under
 ``OUT/images/<name>``; a photo already there is not measured again), then the runs are combined

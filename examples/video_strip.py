@@ -1,4 +1,4 @@
-"""The README's frame strip: `vitprobe video --model` with a video transformer, end to end, offline.
+"""The frame strip of docs/web-and-video.md: `vitprobe video --model` with a video transformer, end to end, offline.
 
 No video model's weights can be downloaded here, so this builds a small ViViT with RANDOM weights (saved
 with its video-processor settings like a real checkpoint), pans a 112-px window across scikit-image's

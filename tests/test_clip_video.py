@@ -125,8 +125,8 @@ def test_bad_videos_and_options_give_one_line(dirs, tmp_path):
         assert result.exit_code == 2 and reason in result.output and "Traceback" not in result.output, result.output
 
 
-def test_the_readme_strip_example_draws_its_figure(tmp_path):
-    """examples/video_strip.py, which draws the README's frame strip with ``vitprobe video --model``."""
+def test_the_docs_strip_example_draws_its_figure(tmp_path):
+    """examples/video_strip.py, which draws the frame strip of docs/web-and-video.md with ``vitprobe video --model``."""
     pytest.importorskip("skimage")
     import subprocess
     import sys

@@ -211,3 +211,25 @@ def test_analyze_compare_with_runs_then_compares(runs, photos, tiny_dirs, tmp_pa
     assert f"{N_IMAGES} images in common (by name; deit {N_IMAGES}, vit {N_IMAGES} images)" in done.stdout
     rows = list(csv.DictReader((out / "compare" / "runs.csv").open()))
     assert [r["run"] for r in rows] == ["deit", "vit"] and rows[0]["family"] == "hf-deit"
+
+
+def test_map_agreement_of_any_method_with_refusals_noted(runs, photos, tiny_dirs):
+    """``map_methods`` names any registered method; one a model cannot draw (pool: no pooling head) is left out
+    with the model's own reason; the agreement is Spearman's rho of the two maps on the photo's pixels."""
+    from scipy.stats import spearmanr
+
+    result = vp.compare([runs["vit"], runs["dinov2"]], map_methods="layers,pool", map_images=2)
+    assert set(result.maps) == {("vit", "dinov2", "layers")}
+    assert "vit: pool (method 'pool'" in result.maps_note and "dinov2: pool (method 'pool'" in result.maps_note
+    first = sorted(p.name for p in photos.iterdir())[0]
+    maps = []
+    for kind in ("vit", "dinov2"):
+        res = vp.attribute(vp.load(str(tiny_dirs[kind])), photos / first, method="layers")
+        maps.append(res.on_image(0).numpy().astype(np.float64).ravel())
+    keep = np.isfinite(maps[0]) & np.isfinite(maps[1])
+    expected = spearmanr(maps[0][keep], maps[1][keep]).statistic
+    assert result.maps[("vit", "dinov2", "layers")][0] == pytest.approx(expected, abs=1e-6)
+    with pytest.raises(ValueError, match="unknown method 'nope'"):
+        vp.compare([runs["vit"], runs["dinov2"]], map_methods=["nope"])
+    cli = CliRunner().invoke(app, ["compare", str(runs["vit"]), str(runs["dinov2"]), "--map-method", "nope"])
+    assert cli.exit_code == 2 and "unknown method 'nope'" in cli.output

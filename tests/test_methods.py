@@ -189,6 +189,18 @@ def test_toy_method_in_explain_and_keypoints(toy, tiny_dirs, tmp_path):
     assert json.loads((tmp_path / "kp" / "p" / "keypoints.json").read_text())["method"] == "toysharp"
 
 
+def test_faithfulness_measures_a_new_method_by_default(toy):
+    """A new method joins faithfulness' default list by being registered; the costly and the untargeted stay out."""
+    from vitprobe.methods import default_faithfulness_methods
+
+    measured = default_faithfulness_methods()
+    assert "toysharp" in measured and {"cls", "rollout", "chefer", "gradcam"} <= set(measured)
+    assert not {"query", "pool", "positions", "filters", "scorecam", "occlusion", "integrated_gradients",
+                "input_x_gradient"} & set(measured)
+    listing = {info.name: str(info) for info in vp.methods()}
+    assert "[faithfulness: only when named]" in listing["scorecam"] and "faithfulness" not in listing["toysharp"]
+
+
 def test_toy_method_in_video(toy, tiny_dirs, tmp_path):
     pytest.importorskip("imageio_ffmpeg")
     from tests.test_video import moving_noise, write_video

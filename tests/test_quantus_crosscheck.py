@@ -1,7 +1,7 @@
 """The faithfulness protocols against Quantus where the two coincide: deletion (Quantus'
 RegionPerturbation, most relevant first, one patch per step, the zero substrate given as its baseline
 value), the negative perturbation (least relevant first), and the randomisation ρ on the same randomised
-models (Quantus' MPRT with Spearman, no abs, no normalisation). How they differ is in the README."""
+models (Quantus' MPRT with Spearman, no abs, no normalisation). How they differ is in docs/evaluation.md."""
 
 from __future__ import annotations
 

@@ -10,6 +10,9 @@ FINDERS = ("components", "weighted", "peaks", "mass")
 DEFAULT_METHODS = "cls,layers,rollout"
 """What ``vitprobe explain`` draws when no --method is given."""
 
+COMPARED_MAPS = "cls,rollout"
+"""The maps ``vitprobe compare`` correlates image by image when no --map-method is given."""
+
 DEFAULT_CLIP = 99.0
 """Top of a colour scale as a percentile of the map: a handful of extreme patches (e.g. DINOv2's
 artifact tokens) saturate instead of darkening the rest of the map; 100 is the plain maximum."""
@@ -17,9 +20,3 @@ artifact tokens) saturate instead of darkening the rest of the map; 100 is the p
 VIDEO_SHORT_SIDE = 224
 """Model-input short side of a video frame unless given: speed first (the offline model runs about 5
 frames/s at 224 px on 2 CPU cores, 0.4 at its own 448)."""
-DEFAULT_FAITHFULNESS_METHODS = ("cls", "rollout", "layers", "chefer", "gradrollout", "legrad", "flow", "attnlrp",
-                                "gradcam", "gradcampp", "eigencam")
-"""The methods ``faithfulness`` measures unless told otherwise: raw attention, its aggregations, the attention
-gradient methods, AttnLRP and the Grad-CAM family. Captum's methods (an extra) and ``scorecam`` are left to
-``--method``: ``scorecam`` and ``occlusion`` cost hundreds of forward passes per map, again for every
-randomised model of the cascade."""

@@ -37,12 +37,14 @@ from typing import Any
 
 import numpy as np
 
+from .choices import COMPARED_MAPS
+from .methods.base import get_method
+
 HEAD_METRICS = ("mean_attention_distance", "mean_attention_distance_renormalized", "entropy_cls", "entropy_rows")
 """Metrics recorded per layer and head, (L, heads)."""
 LAYER_METRICS = ("entropy_cls_map", "entropy_rollout_map")
 """Metrics recorded per layer, (L,)."""
 FORMAT_PREFIX = "vitprobe-analyze-"
-MAP_METHODS = ("cls", "rollout")
 
 
 class NotARun(ValueError):
@@ -380,6 +382,7 @@ def compare(
     out: str | Path | None = None,
     *,
     maps: bool = True,
+    map_methods: str | Sequence[str] = COMPARED_MAPS,
     map_images: int = 16,
     models: dict[str, Any] | None = None,
     device: str | None = None,
@@ -388,10 +391,12 @@ def compare(
 
     ``runs``: run folders (or ``Run``s from ``read_run``); a folder that is not a finished analyze run
     raises ``NotARun`` (one line). ``out``: write the tables, figures and ``compare.html`` there.
-    ``maps``: also compare the runs' ``cls`` (last layer) and ``rollout`` maps on the first
-    ``map_images`` common images that are files here, loading each run's model from its manifest (or
-    from ``models``: run name -> model spec or loaded ``VitModel``); a model that cannot be loaded, or
-    images inside shards, leave map agreement out with a note (``Comparison.maps_note``).
+    ``maps``: also compare the runs' maps of ``map_methods`` (registry names, comma-separated or a list;
+    default ``cls`` of the last layer and ``rollout``; a method a run's model cannot draw is left out of
+    that run with a note) on the first ``map_images`` common images that are files here, loading each
+    run's model from its manifest (or from ``models``: run name -> model spec or loaded ``VitModel``); a
+    model that cannot be loaded, or images inside shards, leave map agreement out with
+    a note (``Comparison.maps_note``).
     """
     read = [run if isinstance(run, Run) else read_run(run) for run in runs]
     if len(read) < 2:
@@ -422,7 +427,10 @@ def compare(
             agreement[(a.name, b.name)] = (same, _spearman(ea, eb))
     result = Comparison(read, order, matched, curves, levels, agreement)
     if maps:
-        result.maps, result.maps_note = map_agreement(read, keys, map_images, models or {}, device)
+        names = map_methods.split(",") if isinstance(map_methods, str) else list(map_methods)
+        for name in names:
+            get_method(name)  # an unknown name is one line before any model loads
+        result.maps, result.maps_note = map_agreement(read, keys, map_images, models or {}, device, names)
     if out is not None:
         result.write(out)
     return result
@@ -441,12 +449,12 @@ def _on_pixels(result, image: int) -> np.ndarray:
 
 
 def map_agreement(runs: Sequence[Run], keys: dict[str, list[str]], limit: int, models: dict[str, Any],
-                  device: str | None) -> tuple[dict[tuple[str, str, str], list[float]], str]:
-    """Per image and pair of runs, the Spearman correlation of their last-layer ``cls`` and ``rollout``
-    maps, each put on the photo's own pixels (``Attribution.on_image``, bilinear) and compared where both
-    models saw the photo, so different grids, input sizes and crops compare on the same pixels; and a note
+                  device: str | None, methods: Sequence[str]) -> tuple[dict[tuple[str, str, str], list[float]], str]:
+    """Per image and pair of runs, the Spearman correlation of their maps of each of ``methods``, each put
+    on the photo's own pixels (``Attribution.on_image``, bilinear) and compared where both models saw the
+    photo, so different grids, input sizes and crops compare on the same pixels; and a note
     on what was left out."""
-    from .methods import attribute
+    from .methods import attribute, check
     from .models import load
 
     chosen = [k for k in keys if all(Path(name).is_file() for name in keys[k])][:limit]
@@ -462,19 +470,23 @@ def map_agreement(runs: Sequence[Run], keys: dict[str, list[str]], limit: int, m
         except Exception as err:  # noqa: BLE001 - any failure to load leaves this run's maps out, said in one line
             notes.append(f"{run.name}: model {spec!r} not loadable here ({str(err).splitlines()[0][:160]})")
             continue
-        size = run.manifest.get("size")
-        methods = [m for m in MAP_METHODS if "cls" in model.prefix_names]
-        if not methods:
-            notes.append(f"{run.name}: {run.model} has no CLS token, so no cls or rollout map")
-            continue
+        size = tuple(run.manifest["size"]) if run.manifest.get("size") else None
         paths = [keys[k][i] for k in chosen]
-        results = attribute(model, paths, method=methods, size=tuple(size) if size else None)
-        drawn[run.name] = {res.method: [_on_pixels(res, k) for k in range(len(paths))] for res in results}
+        drawable = []
+        for method in methods:  # the model's own refusal (no CLS token, no head, ...) leaves that method out
+            try:
+                check(model, method)
+                drawable.append(method)
+            except ValueError as err:
+                notes.append(f"{run.name}: {method} ({str(err).splitlines()[0][:160]})")
+        if drawable:
+            results = attribute(model, paths, method=drawable, size=size)
+            drawn[run.name] = {res.method: [_on_pixels(res, k) for k in range(len(paths))] for res in results}
     out: dict[tuple[str, str, str], list[float]] = {}
     names = [run.name for run in runs if run.name in drawn]
     for i, a in enumerate(names):
         for b in names[i + 1:]:
-            for method in MAP_METHODS:
+            for method in methods:
                 if method not in drawn[a] or method not in drawn[b]:
                     continue
                 out[(a, b, method)] = [_spearman(x, y) for x, y in zip(drawn[a][method], drawn[b][method],

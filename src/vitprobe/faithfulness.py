@@ -47,11 +47,10 @@ from scipy.stats import ConstantInputWarning, bootstrap, spearmanr
 from tqdm.auto import tqdm
 
 from .analysis import perturbation as pt
-from .choices import DEFAULT_FAITHFULNESS_METHODS
 from .io.files import atomic_write_text
 from .memory import BatchSize, OutOfMemory, one_item
 from .methods.attribute import MethodSpec, _is_single, attribute, check, spec_labels
-from .methods.base import get_method
+from .methods.base import default_faithfulness_methods, get_method
 from .models.base import ImageInput, VitModel
 from .targets import IMAGE_PREFIX, SELF, Target, embed, is_embedding_target, readout_forward, resolve_target
 
@@ -306,7 +305,7 @@ def _normalised(methods: MethodSpec | Sequence[MethodSpec]) -> list[tuple[str, d
 def faithfulness(
     model: VitModel,
     images: ImageInput | Sequence[ImageInput],
-    methods: MethodSpec | Sequence[MethodSpec] = DEFAULT_FAITHFULNESS_METHODS,
+    methods: MethodSpec | Sequence[MethodSpec] | None = None,
     *,
     target: Target = None,
     size: tuple[int, int] | None = None,
@@ -319,7 +318,8 @@ def faithfulness(
     """Deletion, insertion, positive/negative perturbation and cascading randomisation for each image
     and method, beside the two baselines (see the module docstring).
 
-    ``methods``: registry names or (name, parameters) pairs; ``target``: a class, ``"self"``,
+    ``methods``: registry names or (name, parameters) pairs (None: ``default_faithfulness_methods()``, every
+    method whose ``measured_by_default`` is set); ``target``: a class, ``"self"``,
     ``"image:PATH"`` or None (top class, or ``self`` without head), given to every method that takes
     one and defining the score; ``size=(H, W)`` resizes every image; ``steps``: K of the deletion and
     insertion curves; ``randomisation_steps``: blocks re-initialised in the cascade (None: all, 0: no
@@ -329,7 +329,7 @@ def faithfulness(
     """
     from .io.images import ImageLoadError
 
-    specs = _normalised(methods)
+    specs = _normalised(default_faithfulness_methods() if methods is None else methods)
     if steps < 1 or batch_size < 1:
         raise ValueError("steps and batch_size must be at least 1")
     depth = model.num_layers if randomisation_steps is None else randomisation_steps

@@ -8,6 +8,7 @@ from typing import Annotated
 
 import typer
 
+from ..choices import COMPARED_MAPS
 from ..cli_common import fail
 
 
@@ -19,7 +20,9 @@ def register(app: typer.Typer) -> None:
         runs: Annotated[list[Path], typer.Argument(help="two or more folders written by vitprobe analyze --out")],
         out: Annotated[Path, typer.Option("--out", "-o", help="output directory")] = Path("vitprobe_compare"),
         maps: Annotated[bool, typer.Option(
-            help="also compare the runs' cls and rollout maps image by image (loads each run's model)")] = True,
+            help="also compare the runs' maps image by image (loads each run's model)")] = True,
+        map_method: Annotated[str, typer.Option(
+            help="the methods whose maps are compared, comma-separated (any of vitprobe methods)")] = COMPARED_MAPS,
         map_images: Annotated[int, typer.Option(help="common images whose maps are compared")] = 16,
         device: Annotated[str | None, typer.Option(help="torch device for the maps, e.g. cuda")] = None,
     ) -> None:
@@ -36,7 +39,7 @@ def register(app: typer.Typer) -> None:
         if map_images < 1:
             raise fail("--map-images must be at least 1")
         try:
-            result = run_compare(runs, maps=maps, map_images=map_images, device=device)
+            result = run_compare(runs, maps=maps, map_methods=map_method, map_images=map_images, device=device)
         except (NotARun, ValueError) as err:
             raise fail(str(err)) from None
         typer.echo(result.matched)

@@ -7,7 +7,6 @@ from typing import Annotated
 
 import typer
 
-from ..choices import DEFAULT_FAITHFULNESS_METHODS
 from ..cli_common import (
     ACCEPTS_METHOD_OPTIONS,
     METHOD_OPTIONS_HELP,
@@ -28,8 +27,8 @@ def register(app: typer.Typer) -> None:
         images: Annotated[list[str], typer.Argument(help="image files or folders, and the methods' options")],
         model: ModelOpt = "offline",
         method: Annotated[list[str] | None, typer.Option(
-            "--method", help="method name(s), comma-separated or repeated; default: "
-                             + ",".join(DEFAULT_FAITHFULNESS_METHODS))] = None,
+            "--method", help="method name(s), comma-separated or repeated; default: every method `vitprobe methods` "
+                             "does not mark 'faithfulness: only when named'")] = None,
         target: Annotated[str | None, typer.Option(
             help="class index or label, 'self' or 'image:PATH' (default: top class, or self without a head)")] = None,
         out: Annotated[Path, typer.Option("--out", "-o", help="output directory")] = Path("vitprobe_faithfulness"),
@@ -47,9 +46,9 @@ def register(app: typer.Typer) -> None:
         Writes faithfulness.csv, summary.csv, faithfulness.json and curves.png."""
         check_model_spec(model)
         from ..faithfulness import faithfulness as measure
-        from ..methods import Param
+        from ..methods import Param, default_faithfulness_methods
 
-        tokens, specs = method_specs(",".join(method or DEFAULT_FAITHFULNESS_METHODS), images)
+        tokens, specs = method_specs(",".join(method or default_faithfulness_methods()), images)
         if steps < 1 or batch_size < 1:
             raise fail("--steps and --batch-size must be at least 1")
         try:

@@ -308,6 +308,10 @@ class Method(ABC):
     first in B, L, heads, H, W, H_in, W_in; end with "only)" for keys present only sometimes."""
     video: ClassVar[bool] = False
     """Whether the method draws maps with a time axis (B, t, H, W) for video models; others refuse them."""
+    measured_by_default: ClassVar[bool] = True
+    """Whether ``faithfulness`` measures it when no methods are named: False for maps that do not explain the
+    image's target (a query point, parts of the model) and for the costly ones (hundreds of forward passes per
+    map, again for every randomised model of the cascade, or an extra to install)."""
 
     @abstractmethod
     def needs(self, ctx: Context, p: dict[str, Any]) -> Needs:
@@ -385,6 +389,11 @@ def video_methods() -> list[str]:
     return [name for name in method_names() if _REGISTRY[name].video]
 
 
+def default_faithfulness_methods() -> list[str]:
+    """Names of the methods ``faithfulness`` measures when none are named (``Method.measured_by_default``)."""
+    return [name for name in method_names() if _REGISTRY[name].measured_by_default]
+
+
 def method_names() -> list[str]:
     """Names of every registered method: the built-in ones in ``_LISTED_FIRST`` order, then the others in
     registration order (whichever module a program imports first)."""
@@ -402,13 +411,15 @@ class MethodInfo:
     params: tuple[Param, ...]
     requires: tuple[str, ...]
     details: dict[str, str] = field(default_factory=dict)
+    measured_by_default: bool = True
 
     def __repr__(self) -> str:
         return f"{self.name}({', '.join(f'{p.name}={p.default!r}' for p in self.params)}): {self.summary}"
 
     def __str__(self) -> str:
         needs = f" (needs: {', '.join(self.requires)})" if self.requires else ""
-        lines = [f"{self.name}: {self.summary}{needs}"]
+        measured = "" if self.measured_by_default else " [faithfulness: only when named]"
+        lines = [f"{self.name}: {self.summary}{needs}{measured}"]
         for p in self.params:
             lines.append(f"  {p.option} {p.describe()} = {p.default!r}: {p.doc}")
         for key, doc in self.details.items():
@@ -425,7 +436,7 @@ class MethodList(list):
 
 def methods() -> MethodList:
     """Every registered method: name, one line, parameters with defaults, and what it needs."""
-    return MethodList(MethodInfo(m.name, m.summary, m.params, m.requires, dict(m.details))
+    return MethodList(MethodInfo(m.name, m.summary, m.params, m.requires, dict(m.details), m.measured_by_default)
                       for m in map(get_method, method_names()))
 
 

@@ -22,6 +22,7 @@ class PatchFilters(Method):
     on its own. Detail: ``response`` (B, D, H, W) every filter's response."""
 
     name = "filters"
+    measured_by_default = False
     summary = "patch-embedding filters, their principal components, and each patch's response to them"
     details = {"response": "(B, D, H, W) every filter's response at each patch (D filters)"}
 

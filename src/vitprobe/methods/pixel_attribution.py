@@ -35,6 +35,8 @@ def captum_attr() -> Any:
 class CaptumMethod(Method):
     """A method run by Captum: refused with the install line, before anything runs, when it is missing."""
 
+    measured_by_default = False
+
     def check_model(self, layout: TokenLayout, has_classifier: bool | None) -> None:
         super().check_model(layout, has_classifier)
         import_extra("captum.attr", "captum", f"method {self.name!r}")

@@ -20,6 +20,7 @@ class PoolAttention(Method):
     head's row sums to 1 over all tokens). Panels: every head, then the mean / max / min over heads."""
 
     name = "pool"
+    measured_by_default = False
     summary = "attention-pooling head's probe attention over the patches (SigLIP), per head and head-fused"
     params = (HEAD_FUSION, HEAD)
     requires = ("pool",)

@@ -17,6 +17,7 @@ class PositionSimilarity(Method):
     Panels: the chosen position, then the corners, edge midpoints and centre of the grid."""
 
     name = "positions"
+    measured_by_default = False
     summary = "cosine similarity of one grid position's embedding to every position (ViT paper, fig. 7)"
     params = (PATCH,)
     details = {}

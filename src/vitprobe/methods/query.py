@@ -27,6 +27,7 @@ class QueryAttention(Method):
     t // 2. Maps are then (B, t, H, W), heads (B, heads, t, H, W); ``steps`` in detail (B,) the query's step."""
 
     name = "query"
+    measured_by_default = False
     summary = "one patch's attention over the patches in one layer (DINO's query view), per head and fused"
     params = (LAYER, PATCH, QUERY_XY, FRAME, HEAD_FUSION, HEAD)
     details = {"heads": "(B, heads, H, W) the query row's probabilities over the patches, per head (video models: "

@@ -25,6 +25,7 @@ class ScoreCam(Method):
     logit (``target``). One forward pass per channel and image: D × B images in all."""
 
     name = "scorecam"
+    measured_by_default = False
     summary = "Score-CAM: channels weighted by the softmax of the scores of the images they mask (no gradients)"
     params = (TARGET, CAM_LAYER, MASK_BATCH)
     requires = ("model",)
