@@ -12,7 +12,8 @@ from typing import TYPE_CHECKING
 import torch
 from torch import nn
 
-from .input_scores import InputScores, model_outputs
+from .input_scores import InputScores
+from .targets import readout_forward
 
 if TYPE_CHECKING:
     from .models.base import VitModel
@@ -58,8 +59,7 @@ def token_activations(model: VitModel, pixels: torch.Tensor, layer: int,
         handle = module.register_forward_hook(keep)
         try:
             if scores is None:
-                with torch.no_grad():
-                    model_outputs(model, pixels)
+                readout_forward(model, pixels)
                 return _batch_first(caught[-1], len(pixels)).float(), None
             with torch.enable_grad():
                 x = pixels.detach().to(model.device, model.dtype).requires_grad_(True)  # a graph for frozen weights

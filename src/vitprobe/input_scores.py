@@ -52,35 +52,15 @@ class InputScores:
         return values.gather(1, self.index[:, None].to(values.device))[:, 0]
 
 
-def model_outputs(model: VitModel, pixels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """(pooled embedding (N, D), logits (N, classes) or None) of model-input pixels (N, 3, H, W), float32,
-    from the model's own forward with its last block's output taken through the readout; in the autograd
-    graph when gradients are enabled."""
-    caught: list[torch.Tensor] = []
-
-    def keep(_module: torch.nn.Module, _inputs, output) -> None:
-        caught.append(output[0] if isinstance(output, tuple) else output)
-
-    with model.lock:
-        handle = model.blocks[-1].register_forward_hook(keep)
-        try:
-            model.forward(pixels.to(model.device, model.dtype))
-            embedding, logits = model.readout(caught[-1])
-        finally:
-            handle.remove()
-    return embedding.float(), None if logits is None else logits.float()
-
-
 def input_scores(model: VitModel, pixels: torch.Tensor, target: Target = None) -> InputScores:
     """The scores of ``target`` for the images ``pixels`` (B, 3, H, W) (see the module docstring)."""
-    if model.readout is None:
-        raise ValueError(f"{model.name}: its adapter has no readout to score a target from")
-    own, logits = readout_forward(model, pixels)
+    own, logits = readout_forward(model, pixels, gradients=True)
+    own, logits = own.detach(), None if logits is None else logits.detach()
     batch = len(pixels)
     prompt = text_prompt(model, target)
     if prompt is not None:
         def prompt_scores(x: torch.Tensor) -> torch.Tensor:
-            embedding = model_outputs(model, x)[0]
+            embedding = readout_forward(model, x, gradients=True)[0]
             with model.lock:
                 return model.similarity(embedding, [prompt]).float()
 
@@ -90,7 +70,7 @@ def input_scores(model: VitModel, pixels: torch.Tensor, target: Target = None) -
         directions = reference_embedding(model, pixels, own, target)  # (B, D) unit rows
 
         def embedding_scores(x: torch.Tensor) -> torch.Tensor:
-            return model_outputs(model, x)[0] @ directions.to(own.device).T
+            return readout_forward(model, x, gradients=True)[0] @ directions.to(own.device).T
 
         words = ("its own embedding" if target in (None, SELF)
                  else f"the embedding of {str(target).removeprefix(IMAGE_PREFIX)}")
@@ -104,6 +84,6 @@ def input_scores(model: VitModel, pixels: torch.Tensor, target: Target = None) -
         chosen = torch.full((batch,), resolve_target(target, model.labels, logits.shape[-1]), dtype=torch.long)
 
     def class_scores(x: torch.Tensor) -> torch.Tensor:
-        return model_outputs(model, x)[1]
+        return readout_forward(model, x, gradients=True)[1]
 
     return InputScores(class_scores, chosen, chosen.tolist(), "the class", logits)

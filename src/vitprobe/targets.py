@@ -110,10 +110,11 @@ def _passes(model: VitModel) -> None:
         raise ValueError(f"{model.name}: its adapter cannot materialise attention for gradients")
 
 
-def _last_tokens(model: VitModel, pixels: torch.Tensor, then: Callable[[torch.Tensor], object]) -> object:
-    """``then`` of the last block's output tokens (B, T, D) of model-input pixels (B, 3, H, W), without
-    gradients: the model's own forward (its fused attention kernel), the tokens caught by a hook."""
-    _passes(model)
+def _last_tokens(model: VitModel, pixels: torch.Tensor, then: Callable[[torch.Tensor], object],
+                 gradients: bool) -> object:
+    """``then`` of the last block's output tokens (B, T, D) of model-input pixels (B, 3, H, W): the model's
+    own forward (its fused attention kernel), the tokens caught by a hook; in the autograd graph when
+    ``gradients`` (and grad mode is on), else without gradients."""
     caught: list[torch.Tensor] = []
 
     def keep(_module: torch.nn.Module, _inputs, output) -> None:
@@ -122,17 +123,21 @@ def _last_tokens(model: VitModel, pixels: torch.Tensor, then: Callable[[torch.Te
     with model.lock:
         handle = model.blocks[-1].register_forward_hook(keep)
         try:
-            with torch.no_grad():
+            with torch.set_grad_enabled(gradients and torch.is_grad_enabled()):
                 model.forward(pixels.to(model.device, model.dtype))
                 return then(caught[-1])
         finally:
             handle.remove()
 
 
-def readout_forward(model: VitModel, pixels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """(pooled embedding (B, D), logits (B, classes) or None) of model-input pixels (B, 3, H, W), float32,
-    without gradients: the last block's output tokens of the model's own forward taken through the readout."""
-    embedding, logits = _last_tokens(model, pixels, model.readout)
+def readout_forward(model: VitModel, pixels: torch.Tensor, *,
+                    gradients: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """(pooled embedding (B, D), logits (B, classes) or None) of model-input pixels (B, 3, H, W), float32:
+    the last block's output tokens of the model's own forward taken through the readout; in the autograd
+    graph when ``gradients``, for the methods that differentiate the input or the activations."""
+    if model.readout is None:
+        raise ValueError(f"{model.name}: its adapter has no readout to score a target from")
+    embedding, logits = _last_tokens(model, pixels, model.readout, gradients)
     return embedding.float(), None if logits is None else logits.float()
 
 
@@ -141,7 +146,7 @@ def embed(model: VitModel, pixels: torch.Tensor, embedding: Embedding | None = N
     block's tokens), without gradients."""
     if embedding is None:
         return readout_forward(model, pixels)[0]
-    return _last_tokens(model, pixels, embedding).float()
+    return _last_tokens(model, pixels, embedding, False).float()
 
 
 def is_embedding_target(target: Target) -> bool:

@@ -7,15 +7,17 @@ with the prefix tokens dropped by the model's own layout, on the image's own gri
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 
 from ..activations import token_activations
 from ..analysis.cam import channel_maps
 from ..input_scores import InputScores, input_scores
-from .base import Context, Param, Result
+from .base import Context, Method, Needs, Param, Result
+from .params import TARGET
 
 CAM_LAYER = Param("layer", -1, "block whose input norm's output tokens are the activations (negative counts back "
                   "from the last)", "layer")
@@ -50,3 +52,25 @@ def cam_result(name: str, title: str, maps: torch.Tensor, cam: CamInputs) -> Res
     words = "" if scores is None or scores.targets is not None else f" of {scores.words}"
     return Result(maps, f"{title}{words}, block {cam.layer} input norm", panels=[(name, maps)],
                   targets=None if scores is None else scores.targets, logits=None if scores is None else scores.logits)
+
+
+class CamMethod(Method):
+    """A method on one block's token activations: its ``layer`` parameter is checked before anything runs."""
+
+    def needs(self, ctx: Context, p: dict[str, Any]) -> Needs:
+        ctx.resolve_layer(p["layer"])
+        return Needs()
+
+
+class GradientCam(CamMethod):
+    """A CAM weighted by the target's gradient of the activations: ``weigh(channels, grads)`` (B, D, H, W)
+    twice -> (B, H, W) is the one thing each such method adds, with its ``title``."""
+
+    params = (TARGET, CAM_LAYER)
+    requires = ("gradients",)
+    title: ClassVar[str]
+    weigh: ClassVar[Callable[[torch.Tensor, torch.Tensor], torch.Tensor]]
+
+    def compute(self, ctx: Context, p: dict[str, Any]) -> Result:
+        cam = cam_inputs(ctx, p, gradients=True)
+        return cam_result(self.name, self.title, type(self).weigh(cam.channels, cam.grads), cam)

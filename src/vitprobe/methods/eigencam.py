@@ -5,15 +5,15 @@ from __future__ import annotations
 from typing import Any
 
 from ..analysis.cam import eigencam
-from .base import Context, Method, Needs, Param, Result, register_method
-from .cam import CAM_LAYER, cam_inputs, cam_result
+from .base import Context, Param, Result, register_method
+from .cam import CAM_LAYER, CamMethod, cam_inputs, cam_result
 
 ORIENT = Param("orient", "peak", "the component's sign: as the SVD returns it (svd, pytorch-grad-cam's EigenCAM), or "
                "flipped where its minimum outweighs its maximum (peak)", "choice", choices=("peak", "svd"))
 
 
 @register_method
-class EigenCam(Method):
+class EigenCam(CamMethod):
     """ReLU of the projection of the centred patch tokens (H·W, D) of block ``layer``'s input norm on their
     first right singular vector. Needs no target and no gradient. The SVD's sign is arbitrary:
     ``orient="svd"`` keeps it (pytorch-grad-cam's EigenCAM, which can light up the background),
@@ -24,10 +24,6 @@ class EigenCam(Method):
     params = (CAM_LAYER, ORIENT)
     requires = ("model",)
     details = {}
-
-    def needs(self, ctx: Context, p: dict[str, Any]) -> Needs:
-        ctx.resolve_layer(p["layer"])
-        return Needs()
 
     def compute(self, ctx: Context, p: dict[str, Any]) -> Result:
         cam = cam_inputs(ctx, p, gradients=False, target=False)

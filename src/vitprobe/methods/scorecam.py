@@ -9,8 +9,8 @@ from tqdm.auto import tqdm
 
 from ..analysis.cam import score_masks, scorecam
 from ..memory import BatchSize
-from .base import Context, Method, Needs, Param, Result, register_method
-from .cam import CAM_LAYER, cam_inputs, cam_result
+from .base import Context, Param, Result, register_method
+from .cam import CAM_LAYER, CamMethod, cam_inputs, cam_result
 from .params import TARGET
 
 MASK_BATCH = Param("mask_batch", 32, "masked images scored per forward pass (halved where they do not fit)", "int",
@@ -18,7 +18,7 @@ MASK_BATCH = Param("mask_batch", 32, "masked images scored per forward pass (hal
 
 
 @register_method
-class ScoreCam(Method):
+class ScoreCam(CamMethod):
     """ReLU(Σₖ wₖ Aₖ), w = softmax over k of the target's score of the image multiplied by channel k of
     block ``layer``'s input tokens (bilinearly upsampled, corners aligned, min–max scaled to [0, 1]),
     as pytorch-grad-cam's ScoreCAM; the score is the class logit, the embedding projection or the prompt
@@ -30,10 +30,6 @@ class ScoreCam(Method):
     params = (TARGET, CAM_LAYER, MASK_BATCH)
     requires = ("model",)
     details = {}
-
-    def needs(self, ctx: Context, p: dict[str, Any]) -> Needs:
-        ctx.resolve_layer(p["layer"])
-        return Needs()
 
     def compute(self, ctx: Context, p: dict[str, Any]) -> Result:
         cam = cam_inputs(ctx, p, gradients=False)
