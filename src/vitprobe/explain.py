@@ -6,12 +6,11 @@ import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
 from . import render
-from .io.files import atomic_write, atomic_write_text
+from .io.files import atomic_write, atomic_write_text, jsonable
 from .kernels import resolve_kernel
 from .memory import one_item
 from .methods import MethodSpec, attribute
@@ -32,10 +31,6 @@ class ExplainOptions:
     top_k: int = 5
 
 
-def _jsonable(value: Any) -> Any:
-    return list(value) if isinstance(value, tuple) else value
-
-
 def explain_image(model: VitModel, image: ImageInput, out_dir: Path, opts: ExplainOptions) -> dict:
     """Attribute one image by every method (one forward pass), write ``<label>.png`` per method,
     ``maps.npz`` and ``summary.json`` into ``out_dir``; return the summary. ``memory.OutOfMemory`` when the
@@ -52,7 +47,7 @@ def explain_image(model: VitModel, image: ImageInput, out_dir: Path, opts: Expla
         arrays[label] = result.maps[0].numpy().astype(np.float32)
         for key, value in result.detail.items():
             arrays[f"{label}.{key}"] = value[0].numpy().astype(np.float32)
-        entry = {"label": label, "method": result.method, "params": {k: _jsonable(v) for k, v in result.params.items()},
+        entry = {"label": label, "method": result.method, "params": {k: jsonable(v) for k, v in result.params.items()},
                  "title": result.title, "figure": name,
                  "maps_npz": {label: list(result.maps[0].shape),
                               **{f"{label}.{k}": list(v[0].shape) for k, v in result.detail.items()}}}

@@ -61,6 +61,7 @@ from .analysis.maps import cls_maps, to_grid
 from .analysis.rollout import rollout_rows_by_depth
 from .analysis.tokens import ArtifactCounts, artifact_counts
 from .io.datasets import Listing, MemberError, class_names, is_dataset, labels_of, reading_column, scan
+from .io.files import jsonable
 from .io.images import IMAGE_SUFFIXES, ImageLoadError, list_images, load_image, printable
 from .io.preprocess import PreprocessSpec, preprocess
 from .io.store import (
@@ -496,19 +497,6 @@ def run_shard(
     return {"rank": ranks.rank, "images": processed, "seconds": elapsed, "peak_rss_mb": _peak_rss_mb()}
 
 
-def _clean(value):
-    """Tensors to lists, NaN to None, for JSON."""
-    if isinstance(value, torch.Tensor):
-        value = value.tolist()
-    if isinstance(value, float):
-        return None if math.isnan(value) else value
-    if isinstance(value, list):
-        return [_clean(v) for v in value]
-    if isinstance(value, dict):
-        return {k: _clean(v) for k, v in value.items()}
-    return value
-
-
 def finalize(model: VitModel, images: list[Path], store: RunStore, opts: AnalyzeOptions, world: int) -> dict:
     """Merge every finished batch in global order into records.parquet, failures.csv, aggregates.json."""
     import pyarrow as pa
@@ -527,7 +515,7 @@ def finalize(model: VitModel, images: list[Path], store: RunStore, opts: Analyze
     aggregates = aggregate_summary(model, images, accs, failures, opts)
     classes = class_summary(records, class_names(images))
     if classes:
-        aggregates["classes"] = _clean(classes)
+        aggregates["classes"] = jsonable(classes)
     atomic_write_text(store.root / "aggregates.json", json.dumps(aggregates, indent=1))
     return aggregates
 
@@ -611,7 +599,7 @@ def aggregate_summary(
             "edges": spread["edges"],
             "levels": {k: sorted(levels[k], key=lambda m: m["entropy_cls_map"]) for k in sorted(levels)},
         }
-    return _clean(out)
+    return jsonable(out)
 
 
 def run_analysis(

@@ -41,7 +41,7 @@ from tqdm.auto import tqdm
 from .analysis.accumulate import Moments
 from .analysis.distance import PROFILE, MeanDistance, TemporalProfile, distance_bound, uniform_distance
 from .analysis.entropy import RowEntropy
-from .io.files import atomic_write_text
+from .io.files import atomic_write_text, jsonable
 from .io.images import ImageLoadError, printable
 from .io.store import RECORD_COLUMNS, atomic_write_bytes, records_table, table_bytes, write_failures_csv
 from .layout import TokenLayout
@@ -181,7 +181,7 @@ def run_clip_analysis(model: VideoModel, clips: Sequence[Path], out: Path, batch
         "clips": {"listed": len(clips), "analysed": analysed, "failed": len(failures)},
         "layout": layout.to_dict(),
         "layers": list(range(model.num_layers)),
-        "metrics": _clean(metrics),
+        "metrics": jsonable(metrics),
         "conventions": {
             "distances": "prefix tokens dropped as queries and keys, rows not renormalised (prefix mass: distance 0)",
             "mean_attention_distance_frames": "|t_i - t_j| x tubelet size in input frames in place of pixels",
@@ -200,16 +200,6 @@ def run_clip_analysis(model: VideoModel, clips: Sequence[Path], out: Path, batch
     if report and analysed:
         write_clip_report(out, aggregates)
     return ClipRunResult(aggregates, out)
-
-
-def _clean(value):
-    if isinstance(value, float):
-        return None if math.isnan(value) else value
-    if isinstance(value, list):
-        return [_clean(v) for v in value]
-    if isinstance(value, dict):
-        return {k: _clean(v) for k, v in value.items()}
-    return value
 
 
 def write_clip_report(out: Path, aggregates: dict) -> Path:

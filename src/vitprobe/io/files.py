@@ -8,17 +8,19 @@ disk is full.
   space, one line.
 - ``default_mode`` / ``share``: the modes a new file or folder gets from the umask, applied to what
   ``tempfile`` created.
+- ``jsonable``: a value made of tensors, arrays, tuples and floats as JSON writes it (NaN as null).
 """
 
 from __future__ import annotations
 
 import errno
+import math
 import os
 import shutil
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
 TMP_PREFIX = ".tmp-"
 FULL_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT})
@@ -105,3 +107,16 @@ def atomic_write_bytes(path: str | Path, data: bytes, what: str = "") -> Path:
 
 def atomic_write_text(path: str | Path, text: str, what: str = "") -> Path:
     return atomic_write_bytes(path, text.encode("utf-8"), what)
+
+
+def jsonable(value: Any) -> Any:
+    """``value`` with tensors and arrays as lists, tuples as lists and NaN as None, in dicts and lists too."""
+    if hasattr(value, "tolist") and not isinstance(value, (int, float, str)):  # torch.Tensor, np.ndarray, np scalars
+        value = value.tolist()
+    if isinstance(value, float):
+        return None if math.isnan(value) else value
+    if isinstance(value, (list, tuple)):
+        return [jsonable(v) for v in value]
+    if isinstance(value, dict):
+        return {k: jsonable(v) for k, v in value.items()}
+    return value
