@@ -37,7 +37,7 @@ from .methods import attribute, check
 from .methods.query import grid_point
 from .models.video import ClipGeometry, VideoModel
 from .render.strip import frame_strip
-from .render.video import VideoError, VideoReader, VideoWriter
+from .render.video import VideoError, VideoReader, overlay_video
 from .video import VideoOptions
 
 log = logging.getLogger(__name__)
@@ -200,25 +200,11 @@ def clip_attention_video(
     top = float(np.percentile(maps, opts.style.clip)) if opts.normalize == "video" else None
     bounds = (lo, top) if opts.normalize == "video" else (None, None)
     paths = [Path(p) for p in outputs]
-    written = 0
-    with VideoReader(source, opts.fps, n, opts.start, opts.end) as reader:
-        writers, finished = [VideoWriter(p, fps, size_hw) for p in paths], False
-        strip_at = set(np.linspace(0, n - 1, min(strip_frames, n)).round().astype(int).tolist())
-        strip: list[tuple[str, Image.Image]] = []
-        try:
-            for frame in tqdm(reader, total=n, desc="overlay", unit="frame", disable=not progress):
-                picture = _draw(frame, maps[written], geometry, opts, bounds)
-                for writer in writers:
-                    writer.write(np.asarray(picture))
-                if written in strip_at:
-                    strip.append((f"frame {written}", picture))
-                written += 1
-            finished = written == n
-        finally:
-            for writer in writers:
-                writer.close(keep=finished)
-    if written != n:
-        raise VideoError(f"{source}: decoded {n} frames the first time and {written} the second")
+    strip_at = np.linspace(0, n - 1, min(strip_frames, n)).round().astype(int).tolist()
+    pictures = overlay_video(source, (opts.fps, opts.start, opts.end), n, fps, size_hw, paths,
+                             lambda i, frame: _draw(frame, maps[i], geometry, opts, bounds), keep=set(strip_at),
+                             progress=progress)
+    strip = [(f"frame {i}", pictures[i]) for i in sorted(pictures)]
     layout = model.layout()
     if strip_path is not None:
         title = (f"{model.name}: {opts.method}, windows of {window} frames every {stride} "

@@ -41,7 +41,7 @@ from .memory import BatchSize, OutOfMemory
 from .methods import attribute, check, get_method
 from .models.base import VitModel
 from .render.style import Style
-from .render.video import VideoError, VideoReader, VideoWriter, batched
+from .render.video import VideoError, VideoReader, batched, overlay_video
 
 log = logging.getLogger(__name__)
 
@@ -168,24 +168,12 @@ def attention_video(
         top = float(np.percentile(maps, opts.style.clip)) if opts.normalize == "video" else None
         bounds = (lo, top) if opts.normalize == "video" else (None, None)
         paths = [Path(p) for p in outputs]
-        written = 0
-        with VideoReader(source, opts.fps, n, opts.start, opts.end) as reader:
-            writers, finished = [VideoWriter(p, fps, size_hw) for p in paths], False
-            try:
-                for frame in tqdm(reader, total=n, desc="overlay", unit="frame", disable=not progress):
-                    picture = render.overlay(Image.fromarray(frame), maps[written], opts.style,
-                                             vmin=bounds[0], vmax=bounds[1])
-                    for writer in writers:
-                        writer.write(np.asarray(picture))
-                    written += 1
-                finished = written == n
-            finally:
-                for writer in writers:
-                    writer.close(keep=finished)
-        if written != n:
-            raise VideoError(f"{source}: decoded {n} frames the first time and {written} the second")
+        def draw(i: int, frame: np.ndarray, maps: np.ndarray = maps) -> Image.Image:
+            return render.overlay(Image.fromarray(frame), maps[i], opts.style, vmin=bounds[0], vmax=bounds[1])
+
+        overlay_video(source, (opts.fps, opts.start, opts.end), n, fps, size_hw, paths, draw, progress=progress)
         if maps_path is not None:
             atomic_write(maps_path, lambda f, maps=maps: np.save(f, maps), "the per-frame maps")
-        del maps
+        del draw, maps  # the memmap is released before its temporary folder is removed
     return VideoResult(n, fps, size_hw, tuple(grid_hw), (lo, hi), model_seconds, time.perf_counter() - start,
                        paths + ([Path(maps_path)] if maps_path is not None else []))

@@ -14,12 +14,13 @@ import logging
 import os
 import re
 import uuid
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
 
 import numpy as np
+from PIL import Image
 
 from ..extras import missing_message
 from ..io.files import TMP_PREFIX, share
@@ -227,3 +228,33 @@ class VideoWriter:
     def __exit__(self, kind, *exc) -> None:
         self.close(keep=kind is None)
 
+
+
+def overlay_video(source: str | Path, reading: tuple[float | None, float, float | None], n_frames: int, fps: float,
+                  size_hw: tuple[int, int], outputs: Sequence[str | Path],
+                  draw: Callable[[int, np.ndarray], Image.Image], *, keep: Collection[int] = (),
+                  progress: bool = True) -> dict[int, Image.Image]:
+    """Decode ``source`` a second time (``reading``: its fps, start and end, as the maps were made), write
+    ``draw(i, frame)`` of each frame to every one of ``outputs`` and return the pictures of the frames in
+    ``keep``. The outputs are put in place only when all ``n_frames`` were written; a stream that decodes
+    to another count is a ``VideoError``."""
+    from tqdm.auto import tqdm
+
+    written, kept = 0, {}
+    with VideoReader(source, reading[0], n_frames, reading[1], reading[2]) as reader:
+        writers, finished = [VideoWriter(p, fps, size_hw) for p in outputs], False
+        try:
+            for frame in tqdm(reader, total=n_frames, desc="overlay", unit="frame", disable=not progress):
+                picture = draw(written, frame)
+                for writer in writers:
+                    writer.write(np.asarray(picture))
+                if written in keep:
+                    kept[written] = picture
+                written += 1
+            finished = written == n_frames
+        finally:
+            for writer in writers:
+                writer.close(keep=finished)
+    if written != n_frames:
+        raise VideoError(f"{source}: decoded {n_frames} frames the first time and {written} the second")
+    return kept
