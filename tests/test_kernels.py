@@ -197,6 +197,21 @@ def test_tiles_give_every_thread_work():
     assert cpp.tile_rows(4, 14, 2) == 14  # never more rows than tokens
 
 
+def test_a_large_buffers_layer_slices_stack_without_a_copy():
+    """The recorder writes each layer into a slice of one (L, B, T, T) buffer; above the reuse threshold that
+    buffer comes from the pool, and stacking its slices must give it back, not a second copy of its size."""
+    from vitprobe.capture import stack_layers
+    from vitprobe.kernels import buffers
+
+    buffers.release()
+    stack = buffers.empty_buffer((3, 2, 1800, 1800))  # 74 MiB: above the reuse threshold
+    assert stack.numel() * 4 >= buffers._LEAST_BYTES
+    stacked = stack_layers({5: stack[0], 6: stack[1], 7: stack[2]}, [5, 6, 7])
+    assert stacked.data_ptr() == stack.data_ptr() and stacked.shape == stack.shape
+    del stack, stacked
+    buffers.release()
+
+
 def test_large_buffers_are_reused_only_once_nothing_refers_to_them():
     from vitprobe.kernels import buffers
 

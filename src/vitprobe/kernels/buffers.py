@@ -65,7 +65,9 @@ def empty_buffer(shape: tuple[int, ...], device: torch.device | str = "cpu") -> 
         _pool[:] = [a for a in _pool if a is chosen or not _unused(a)]
         if all(a is not chosen for a in _pool) and nbytes <= KEEP_BYTES:
             _pool.append(chosen)
-        return torch.from_numpy(chosen).view(shape)
+        # from a reshaped array, not a .view() of a flat tensor: slices of the result then have it as their
+        # _base, which is how capture.stack_layers knows they are one (L, B, T, T) tensor and copies nothing
+        return torch.from_numpy(chosen.reshape(shape))
 
 
 def release() -> None:
