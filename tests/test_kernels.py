@@ -191,8 +191,9 @@ def test_build_folder_follows_the_cache_and_the_source(monkeypatch, tmp_path):
 
 
 def test_tiles_give_every_thread_work():
-    assert cpp.tile_rows(8, 1370, 2) == 95  # 512 KiB of one head's scores: 120 tasks
-    assert cpp.tile_rows(1, 1025, 2) == 63  # 127 rows would give 9 tasks to 2 threads: halved to 17
+    assert cpp.tile_rows(8, 1370, 2) == 128  # 88 tasks
+    assert cpp.tile_rows(1, 1025, 2) == 64  # 128 rows would give 9 tasks to 2 threads: halved to 17
+    assert cpp.tile_rows(1, 5330, 2) == 128  # 42 tasks, whatever T
     assert cpp.tile_rows(1, 5330, 64) == 16  # at least 16 rows
     assert cpp.tile_rows(4, 14, 2) == 14  # never more rows than tokens
 
