@@ -16,3 +16,4 @@ class GradCam(GradientCam):
     summary = "Grad-CAM: ReLU of the channels of a block's input tokens weighted by their mean score gradient"
     title = "Grad-CAM"
     weigh = staticmethod(gradcam)
+    details = {}

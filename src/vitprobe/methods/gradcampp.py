@@ -16,3 +16,4 @@ class GradCamPlusPlus(GradientCam):
     summary = "Grad-CAM++: channels weighted by the positive gradients with the second-order weights"
     title = "Grad-CAM++"
     weigh = staticmethod(gradcampp)
+    details = {}
